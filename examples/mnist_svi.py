@@ -43,9 +43,11 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    bound_name = f"IWAE_{args.num_particles}" if args.objective in ("iwae", "dreg") else "ELBO"
+
     def report(stats: pvae.EpochStats) -> None:
         print(
-            f"epoch {stats.epoch:4d}  train ELBO {stats.train_elbo:9.2f}  "
+            f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
             f"held-out ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)",
             flush=True,
         )
@@ -59,6 +61,7 @@ def main(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         objective=args.objective,
+        num_particles=args.num_particles,
         transform=DynamicBinarization(),
         held_out=held_out,
         csv_path=out / "history.csv",
@@ -102,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--z-dim", type=int, default=20)
     p.add_argument("--hidden-dim", type=int, default=400)
-    p.add_argument("--objective", choices=["elbo", "meanfield"], default="elbo")
+    p.add_argument("--objective", choices=pvae.objectives.OBJECTIVES, default="elbo")
+    p.add_argument("-k", "--num-particles", type=int, default=1, help="K for iwae and dreg")
     p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
     p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")

@@ -50,7 +50,7 @@ def save_reconstructions(
 
 
 def save_training_curves(history: Sequence, path: str | Path) -> Path:
-    """Plot train and held-out ELBO (nats per datapoint) against the epoch.
+    """Plot the training bound and the held-out ELBO (nats per datapoint) against the epoch.
 
     ``history`` is :attr:`pvae.FitResult.history` (or dictionaries with the same keys).
 
@@ -66,14 +66,14 @@ def save_training_curves(history: Sequence, path: str | Path) -> Path:
     rows = [row if isinstance(row, dict) else vars(row) for row in history]
     epochs = [row["epoch"] for row in rows]
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-    axes.plot(epochs, [row["train_elbo"] for row in rows], label="train ELBO")
+    axes.plot(epochs, [row["train_bound"] for row in rows], label="train bound")
     held_out = [
         (row["epoch"], row["held_out_elbo"]) for row in rows if row["held_out_elbo"] is not None
     ]
     if held_out:
         axes.plot(*zip(*held_out, strict=True), label="held-out ELBO")
     axes.set_xlabel("epoch")
-    axes.set_ylabel("ELBO (nats per datapoint)")
+    axes.set_ylabel("nats per datapoint")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

