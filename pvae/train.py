@@ -6,19 +6,23 @@ import csv
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from pvae.checkpoint import load_checkpoint, save_checkpoint
 from pvae.data import check_data
 from pvae.evaluate import _as_tuple, estimate_elbo
 from pvae.objectives import ScaleDataPlate, inspect_model, make_objective
+from pvae.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
 
 
 @dataclasses.dataclass
@@ -30,6 +34,20 @@ class EpochStats:
     train_bound: float
     held_out_elbo: float | None
     seconds: float
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped :func:`fit` after a step; the checkpoint (if any) is saved."""
+
+    def __init__(self, signum: int, epoch: int, step: int, checkpoint: Path | None):
+        self.signum, self.epoch, self.step, self.checkpoint = signum, epoch, step, checkpoint
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint_path given"
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received: stopped at epoch {epoch}, step {step}; {where}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradients became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -95,17 +113,53 @@ def _transformed(batch: tuple[torch.Tensor, ...], transform) -> tuple[torch.Tens
 
 
 class _CsvLog:
-    def __init__(self, path: str | Path | None):
+    """One row per epoch; a resumed run first rewrites the rows its checkpoint holds."""
+
+    def __init__(self, path: str | Path | None, history: list[EpochStats]):
         self.path = Path(path) if path is not None else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("w", newline="") as stream:
-                csv.writer(stream).writerow([f.name for f in dataclasses.fields(EpochStats)])
+                writer = csv.writer(stream)
+                writer.writerow([f.name for f in dataclasses.fields(EpochStats)])
+                writer.writerows(dataclasses.astuple(stats) for stats in history)
 
     def append(self, stats: EpochStats) -> None:
         if self.path is not None:
             with self.path.open("a", newline="") as stream:
                 csv.writer(stream).writerow(dataclasses.astuple(stats))
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where training stands: completed epochs, and the position inside the current one."""
+
+    epoch: int = 0
+    num_steps: int = 0
+    history: list[EpochStats] = dataclasses.field(default_factory=list)
+    order: torch.Tensor | None = None  # this epoch's permutation, None between epochs
+    next_start: int = 0
+    loss_sum: torch.Tensor | None = None
+    epoch_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        state = dataclasses.asdict(self)
+        state["history"] = [dataclasses.asdict(stats) for stats in self.history]
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> _Progress:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        progress = cls(**{k: v for k, v in state.items() if k in fields})
+        progress.history = [EpochStats(**stats) for stats in state["history"]]
+        return progress
+
+
+_DIVERGENCE_HINTS = (
+    "likely causes: a learning rate too high (try a 3-10x smaller one), a decoder scale or "
+    "variance collapsing to 0, extreme input values; gradient clipping (clip_norm, "
+    "--clip-norm) often helps"
+)
 
 
 def fit(
@@ -122,7 +176,11 @@ def fit(
     held_out=None,
     seed: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    clip_norm: float | None = None,
     csv_path: str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+    resume: str | Path | dict | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
 ) -> FitResult:
@@ -148,8 +206,21 @@ def fit(
             need every site in the data plate; the reported train figure is then the
             objective's own bound.
         held_out: data evaluated after each epoch (mean per-datapoint ELBO, nats).
+        clip_norm: clip the gradients' total norm to this value each step.
         csv_path: file that gets one row per epoch.
+        checkpoint_path: written atomically after every epoch, and when SIGINT/SIGTERM
+            stops training after the current step (:class:`TrainingInterrupted`). It holds
+            the parameters, optimizer, random number generators and progress, plus
+            ``checkpoint_extra()`` (e.g. ``pvae.vae_state(vae)``).
+        resume: a checkpoint (path or loaded dict) of the same model to continue from, up
+            to ``num_epochs`` epochs in all: on the CPU the result is bit for bit that of an
+            uninterrupted run.
         on_epoch_end: called with each epoch's :class:`EpochStats`.
+
+    Raises:
+        ValueError: bad data or arguments, before any step.
+        TrainingDiverged: the loss became NaN/Inf (checked once per epoch, so no step waits
+            for the host); the last checkpoint, from the last good epoch, is left intact.
 
     Example::
 
@@ -161,11 +232,16 @@ def fit(
     """
     tensors = _as_tuple(data)
     _check_arguments(tensors, num_epochs, batch_size, learning_rate)
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     held_out_tensors = _as_tuple(held_out) if held_out is not None else None
     if held_out_tensors is not None:
         check_data(held_out_tensors[0], name="held-out data")
     if transform is not None and hasattr(transform, "check_data"):
         transform.check_data(tensors[0])
+    saved = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
+    if saved is not None and "training" not in saved:
+        raise ValueError("the checkpoint to resume from holds no training state (not from fit)")
     if seed is not None:
         pyro.set_rng_seed(seed)
 
@@ -177,53 +253,101 @@ def fit(
         nesting = inspect_model(model, guide, *first)
     elbo = make_objective(objective, num_particles, nesting)
     scaled_model, scaled_guide = ScaleDataPlate(num_data)(model), ScaleDataPlate(num_data)(guide)
-    steps_per_epoch = math.ceil(num_data / batch_size)
 
-    def minibatch(indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return _transformed(tuple(t[indices] for t in tensors), transform)
+    with pyro.validation_enabled(True), poutine.trace(param_only=True) as capture:
+        elbo.differentiable_loss(scaled_model, scaled_guide, *first)
+    params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+    if not params:
+        raise ValueError(
+            "the model and guide have no parameters to train: register networks with "
+            "pyro.module(...) or parameters with pyro.param(...)"
+        )
+    _check_devices(list(params.values()), device)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(params.values(), lr=learning_rate, foreach=True)
+
+    state = _Progress()
+    if saved is not None:
+        restore_parameters(params, {k: v.to(device) for k, v in saved["params"].items()})
+        optimizer.load_state_dict(saved["optimizer"])
+        state = _Progress.from_dict(saved["training"])
+        if state.order is not None:
+            state.order, state.loss_sum = state.order.to(device), state.loss_sum.to(device)
+        set_rng_state(saved["rng"])
+
+    def save(path) -> None:
+        if path is not None:
+            extra = checkpoint_extra() if checkpoint_extra is not None else {}
+            save_checkpoint(
+                path,
+                {
+                    **extra,
+                    "params": {name: p.detach() for name, p in params.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "training": state.to_dict(),
+                    "rng": rng_state(),
+                    "epoch": state.epoch,
+                },
+            )
 
     def step(batch) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss = elbo.differentiable_loss(scaled_model, scaled_guide, *batch)
         loss.backward()
+        if clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params.values(), clip_norm)
+            loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
         optimizer.step()
         return loss.detach()
 
-    if optimizer is None:
-        with pyro.validation_enabled(True), poutine.trace(param_only=True) as capture:
-            elbo.differentiable_loss(scaled_model, scaled_guide, *first)
-        params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-        if not params:
-            raise ValueError(
-                "the model and guide have no parameters to train: register networks with "
-                "pyro.module(...) or parameters with pyro.param(...)"
-            )
-        _check_devices(params, device)
-        optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
-
-    log = _CsvLog(csv_path)
-    history: list[EpochStats] = []
+    log = _CsvLog(csv_path, state.history)
+    steps_per_epoch = math.ceil(num_data / batch_size)
     show = progress_enabled() if progress is None else progress
-    bar = tqdm(total=num_epochs * steps_per_epoch, disable=not show, unit="step", leave=False)
-    num_steps = 0
-    with bar, pyro.validation_enabled(False):
-        for epoch in range(1, num_epochs + 1):
+    remaining = max(num_epochs - state.epoch, 0) * steps_per_epoch - state.epoch_steps
+    bar = tqdm(total=max(remaining, 0), disable=not show, unit="step", leave=False)
+    with bar, pyro.validation_enabled(False), StopRequests() as stop:
+        while state.epoch < num_epochs:
             started = time.perf_counter()
-            # Losses stay on the device and are read once per epoch: no host sync per step.
-            epoch_loss = torch.zeros((), device=device)
-            order = torch.randperm(num_data, device=device)
-            for start in range(0, num_data, batch_size):
-                epoch_loss += step(minibatch(order[start : start + batch_size]))
+            if state.order is None:
+                state.order = torch.randperm(num_data, device=device)
+                state.next_start, state.epoch_steps = 0, 0
+                # Losses stay on the device and are read once per epoch: no sync per step.
+                state.loss_sum = torch.zeros((), device=device)
+            while state.next_start < num_data:
+                indices = state.order[state.next_start : state.next_start + batch_size]
+                state.loss_sum += step(_transformed(tuple(t[indices] for t in tensors), transform))
+                state.next_start += batch_size
+                state.epoch_steps += 1
+                state.num_steps += 1
                 bar.update()
-            num_steps += steps_per_epoch
-            train_bound = -epoch_loss.item() / (steps_per_epoch * num_data)
+                if stop.received is not None:
+                    save(checkpoint_path)
+                    raise TrainingInterrupted(
+                        stop.received,
+                        state.epoch + 1,
+                        state.epoch_steps,
+                        Path(checkpoint_path) if checkpoint_path is not None else None,
+                    )
+            train_bound = -state.loss_sum.item() / (steps_per_epoch * num_data)
+            if not math.isfinite(train_bound):
+                kept = f"; the checkpoint {checkpoint_path} from epoch {state.epoch} is intact"
+                raise TrainingDiverged(
+                    f"training diverged: the loss became NaN/Inf during epoch {state.epoch + 1} "
+                    f"(its {state.epoch_steps} steps are lost{kept if checkpoint_path else ''}); "
+                    + _DIVERGENCE_HINTS
+                )
             held_out_elbo = None
             if held_out_tensors is not None:
                 held_out_elbo = estimate_elbo(model, guide, held_out_tensors)
-            stats = EpochStats(epoch, train_bound, held_out_elbo, time.perf_counter() - started)
-            history.append(stats)
+            state.epoch += 1
+            state.order = None
+            stats = EpochStats(
+                state.epoch, train_bound, held_out_elbo, time.perf_counter() - started
+            )
+            state.history.append(stats)
             log.append(stats)
+            save(checkpoint_path)
             bar.set_postfix(train_bound=f"{train_bound:.2f}")
             if on_epoch_end is not None:
                 on_epoch_end(stats)
-    return FitResult(history=history, optimizer=optimizer, num_steps=num_steps)
+    return FitResult(history=state.history, optimizer=optimizer, num_steps=state.num_steps)
