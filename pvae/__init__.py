@@ -17,6 +17,7 @@ from pvae import data, likelihoods, nets, objectives, plots, priors
 from pvae.checkpoint import load_checkpoint, load_vae, save_checkpoint, vae_state
 from pvae.device import resolve_device
 from pvae.evaluate import estimate_elbo
+from pvae.iwae import LogLikelihood, log_likelihood, plot_khat
 from pvae.models import VAE, build_vae
 from pvae.train import EpochStats, FitResult, TrainingDiverged, TrainingInterrupted, fit
 
@@ -31,6 +32,9 @@ __all__ = [
     "estimate_elbo",
     "fit",
     "likelihoods",
+    "log_likelihood",
+    "LogLikelihood",
+    "plot_khat",
     "load_checkpoint",
     "load_vae",
     "nets",

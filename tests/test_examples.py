@@ -12,7 +12,18 @@ import pvae
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {
-    "mnist_svi.py": ["-n", "2", "--batch-size", "500", "--z-dim", "4", "--hidden-dim", "32"],
+    "mnist_svi.py": [
+        "-n",
+        "2",
+        "--batch-size",
+        "500",
+        "--z-dim",
+        "4",
+        "--hidden-dim",
+        "32",
+        "--iwae-samples",
+        "30",
+    ],
 }
 
 
@@ -42,17 +53,49 @@ def test_example_runs_with_tiny_flags(name, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "epoch    2" in done.stdout and "held-out ELBO" in done.stdout
-    for produced in [
-        "samples.png",
-        "reconstructions.png",
-        "elbo.png",
-        "history.csv",
-        "checkpoint.pt",
-    ]:
+    assert "held-out IWAE_30 " in done.stdout and "k̂ >" in done.stdout
+    pictures = ["samples.png", "reconstructions.png", "elbo.png", "khat.png"]
+    for produced in [*pictures, "history.csv", "checkpoint.pt"]:
         assert (out / produced).stat().st_size > 0
     vae, state = pvae.load_vae(out / "checkpoint.pt")
     assert state["epoch"] == 2 and state["config"]["z_dim"] == 4
     assert vae.sample(3).shape == (3, 784)
+
+    # The console command evaluates the example's checkpoint on the same held-out set.
+    evaluated = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pvae"),
+            "evaluate",
+            str(out / "checkpoint.pt"),
+            "--num-samples",
+            "30",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CI": "1"},
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    example_line = next(line for line in done.stdout.splitlines() if "IWAE_30" in line)
+    evaluate_line = next(line for line in evaluated.stdout.splitlines() if "IWAE_30" in line)
+    # Same seed, same data, same K: the same figures.
+    assert example_line.split("[")[0].removeprefix("held-out ") == evaluate_line.split("[")[0]
+
+
+def test_evaluate_reports_a_bad_checkpoint_in_one_line(tmp_path):
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "pvae"), "evaluate", str(tmp_path / "bad.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().startswith("error:") and "not a readable pvae checkpoint" in done.stderr
+    )
 
 
 @pytest.mark.parametrize(
