@@ -26,6 +26,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from pvae.distributed import connect
 from pvae.log_weights import PARTICLE_PLATE, data_frame, per_datapoint_log_prob, sample_sites
 from pvae.plates import inspect_model
 
@@ -119,6 +120,7 @@ def log_likelihood(
     data_chunk: int | None = None,
     seed: int | None = None,
     max_log_weights: int = _MAX_LOG_WEIGHTS,
+    distributed: bool | None = None,
 ) -> LogLikelihood:
     """IWAE_K estimate of log p(x) for every datapoint, with the ELBO, ESS and Pareto k-hat.
 
@@ -137,6 +139,8 @@ def log_likelihood(
     seed from torch's global generator (so ``pyro.set_rng_seed`` fixes it too); a given seed
     leaves the global generator untouched. k-hat needs the K log-weights of a data chunk at
     once: it is computed when ``data_chunk * K <= max_log_weights`` and is NaN otherwise.
+    Under torchrun (or ``distributed=True``) each process scores a contiguous share of the
+    datapoints and every process gets the gathered result, the same as a single process's.
 
     Example::
 
@@ -154,42 +158,35 @@ def log_likelihood(
         # Count the guide's cached blocks too: they hold whole blocks of particles.
         particles_held = max(particle_chunk, min(num_samples, _PARTICLE_BLOCK))
         data_chunk = max(1, draws_per_call // particles_held // _DATA_BLOCK) * _DATA_BLOCK
+    cluster = connect(device, distributed)
     if seed is None:
-        seed = int(torch.randint(2**62, ()).item())
+        seed = int(torch.randint(2**62, (), device="cpu"))
+    seed = cluster.broadcast_int(seed, device)
 
-    per_datapoint, elbo, ess = (torch.empty(num_data, dtype=torch.float64) for _ in range(3))
-    khat = torch.full((num_data,), math.nan, dtype=torch.float64)
-    khat_note = ""
+    # Each process scores a contiguous share of the datapoints, cut at draw blocks so that
+    # every datapoint gets the draws it would get in a single process.
+    start, end = cluster.rows(num_data, multiple=_DATA_BLOCK)
     with (
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         torch.no_grad(),
         pyro.validation_enabled(False),
     ):
         nesting = inspect_model(model, guide, *(t[:2] for t in tensors))
-        draws = _GuideDraws(guide, tensors, num_samples, nesting, seed)
-        for n0 in range(0, num_data, data_chunk):
-            n1 = min(n0 + data_chunk, num_data)
-            batch = tuple(t[n0:n1] for t in tensors)
-            stats = _LogWeightStats(n1 - n0, device)
-            keep = _PSIS_MIN_SAMPLES <= num_samples <= max_log_weights // (n1 - n0)
-            kept = []
-            for p0 in range(0, num_samples, particle_chunk):
-                p1 = min(p0 + particle_chunk, num_samples)
-                values, log_q = draws.chunk(n0, n1, p0, p1)
-                log_w = _model_log_prob(model, batch, values, p1 - p0, nesting) - log_q
-                stats.update(log_w)
-                if keep:
-                    kept.append(log_w.float().cpu())
-            per_datapoint[n0:n1] = stats.log_mean_weight().cpu()
-            elbo[n0:n1] = stats.mean_log_weight().cpu()
-            ess[n0:n1] = stats.ess().cpu()
-            if keep:
-                khat[n0:n1] = torch.from_numpy(_psis_khat(torch.cat(kept).T.numpy()))
-            elif num_samples >= _PSIS_MIN_SAMPLES:
-                khat_note = (
-                    f"not computed where data_chunk x K exceeds max_log_weights="
-                    f"{max_log_weights}: lower data_chunk or raise max_log_weights"
-                )
+        shard = _score_rows(
+            model,
+            guide,
+            tuple(t[start:end] for t in tensors),
+            num_samples,
+            nesting,
+            seed,
+            start // _DATA_BLOCK,
+            particle_chunk,
+            data_chunk,
+            max_log_weights,
+        )
+    shards = cluster.gather_objects(shard)
+    per_datapoint, elbo, ess, khat = (torch.cat([part[i] for part in shards]) for i in range(4))
+    khat_note = next((part[4] for part in shards if part[4]), "")
     if num_samples < _PSIS_MIN_SAMPLES:
         khat_note = f"PSIS needs K >= {_PSIS_MIN_SAMPLES}"
     return LogLikelihood(
@@ -217,6 +214,52 @@ def _check_arguments(tensors, num_samples, particle_chunk, data_chunk, seed) -> 
     if seed is not None and (not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     return num_data
+
+
+def _score_rows(
+    model,
+    guide,
+    tensors,
+    num_samples,
+    nesting,
+    seed,
+    first_block,
+    particle_chunk,
+    data_chunk,
+    max_log_weights,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """IWAE, ELBO, ESS and k-hat (CPU float64) of these rows; block ids start at first_block."""
+    num_data, device = tensors[0].shape[0], tensors[0].device
+    per_datapoint, elbo, ess = (
+        torch.empty(num_data, dtype=torch.float64, device="cpu") for _ in range(3)
+    )
+    khat = torch.full((num_data,), math.nan, dtype=torch.float64, device="cpu")
+    khat_note = ""
+    draws = _GuideDraws(guide, tensors, num_samples, nesting, seed, first_block)
+    for n0 in range(0, num_data, data_chunk):
+        n1 = min(n0 + data_chunk, num_data)
+        batch = tuple(t[n0:n1] for t in tensors)
+        stats = _LogWeightStats(n1 - n0, device)
+        keep = _PSIS_MIN_SAMPLES <= num_samples <= max_log_weights // (n1 - n0)
+        kept = []
+        for p0 in range(0, num_samples, particle_chunk):
+            p1 = min(p0 + particle_chunk, num_samples)
+            values, log_q = draws.chunk(n0, n1, p0, p1)
+            log_w = _model_log_prob(model, batch, values, p1 - p0, nesting) - log_q
+            stats.update(log_w)
+            if keep:
+                kept.append(log_w.float().cpu())
+        per_datapoint[n0:n1] = stats.log_mean_weight().cpu()
+        elbo[n0:n1] = stats.mean_log_weight().cpu()
+        ess[n0:n1] = stats.ess().cpu()
+        if keep:
+            khat[n0:n1] = torch.from_numpy(_psis_khat(torch.cat(kept).T.numpy()))
+        elif num_samples >= _PSIS_MIN_SAMPLES:
+            khat_note = (
+                f"not computed where data_chunk x K exceeds max_log_weights="
+                f"{max_log_weights}: lower data_chunk or raise max_log_weights"
+            )
+    return per_datapoint, elbo, ess, khat, khat_note
 
 
 class _LogWeightStats:
@@ -258,8 +301,9 @@ class _LogWeightStats:
 class _GuideDraws:
     """Guide draws and log q for any chunk, made per canonical block under the block's seed."""
 
-    def __init__(self, guide, tensors, num_samples: int, nesting: int, seed: int):
+    def __init__(self, guide, tensors, num_samples: int, nesting: int, seed: int, first_block=0):
         self.guide, self.tensors, self.nesting, self.seed = guide, tensors, nesting, seed
+        self.first_block = first_block  # global index of the first data block here
         self.num_data, self.num_samples = tensors[0].shape[0], num_samples
         self.device = tensors[0].device
         self.cache: dict[tuple[int, int], tuple[dict, dict, torch.Tensor]] = {}
@@ -296,7 +340,8 @@ class _GuideDraws:
         n0, p0 = i * _DATA_BLOCK, j * _PARTICLE_BLOCK
         n1 = min(n0 + _DATA_BLOCK, self.num_data)
         num_particles = min(_PARTICLE_BLOCK, self.num_samples - p0)
-        key = np.random.SeedSequence((self.seed, i, j)).generate_state(1, np.uint64)[0]
+        block = (self.seed, i + self.first_block, j)
+        key = np.random.SeedSequence(block).generate_state(1, np.uint64)[0]
         torch.manual_seed(int(key) >> 1)  # 63 bits: a seed every device accepts
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(self.nesting + 1)):
             trace = poutine.trace(self.guide).get_trace(*(t[n0:n1] for t in self.tensors))

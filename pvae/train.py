@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pvae.checkpoint import load_checkpoint, save_checkpoint
 from pvae.data import check_data
+from pvae.distributed import Cluster, connect
 from pvae.evaluate import _as_tuple, estimate_elbo
 from pvae.objectives import ScaleDataPlate, inspect_model, make_objective
 from pvae.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
@@ -134,6 +136,7 @@ class _CsvLog:
 class _Progress:
     """Where training stands: completed epochs, and the position inside the current one."""
 
+    seed: int = 0  # of the minibatch order
     epoch: int = 0
     num_steps: int = 0
     history: list[EpochStats] = dataclasses.field(default_factory=list)
@@ -181,6 +184,7 @@ def fit(
     checkpoint_path: str | Path | None = None,
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
     resume: str | Path | dict | None = None,
+    distributed: bool | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
 ) -> FitResult:
@@ -215,6 +219,11 @@ def fit(
         resume: a checkpoint (path or loaded dict) of the same model to continue from, up
             to ``num_epochs`` epochs in all: on the CPU the result is bit for bit that of an
             uninterrupted run.
+        distributed: train data-parallel with ``torch.distributed`` (None: when launched by
+            torchrun with several processes). Each process takes a contiguous share of
+            every global minibatch of ``batch_size``; gradients are summed across processes
+            each step, so all keep the same parameters. Only rank 0 writes the CSV and the
+            checkpoint and calls ``on_epoch_end``.
         on_epoch_end: called with each epoch's :class:`EpochStats`.
 
     Raises:
@@ -242,17 +251,29 @@ def fit(
     saved = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
     if saved is not None and "training" not in saved:
         raise ValueError("the checkpoint to resume from holds no training state (not from fit)")
-    if seed is not None:
-        pyro.set_rng_seed(seed)
 
     num_data = tensors[0].shape[0]
     device = tensors[0].device
+    cluster = connect(device, distributed)
+    if cluster.active and batch_size < cluster.world_size:
+        raise ValueError(
+            f"batch_size {batch_size} is smaller than the {cluster.world_size} processes: "
+            "the global batch is split among them"
+        )
+    # One seed for the minibatch order, the same on every rank; the draws of each rank
+    # (guide noise, binarization) come from its own seed.
+    base_seed = seed if seed is not None else int(torch.randint(2**62, (), device="cpu"))
+    base_seed = cluster.broadcast_int(base_seed, device)
+    if seed is not None or cluster.active:
+        pyro.set_rng_seed(base_seed + cluster.rank)
+
     first = _transformed(tuple(t[:batch_size] for t in tensors), transform)
     _check_support(model, transform, tensors[0], first[0])
     with pyro.validation_enabled(True):
         nesting = inspect_model(model, guide, *first)
     elbo = make_objective(objective, num_particles, nesting)
-    scaled_model, scaled_guide = ScaleDataPlate(num_data)(model), ScaleDataPlate(num_data)(guide)
+    scale = ScaleDataPlate(num_data)
+    scaled_model, scaled_guide = scale(model), scale(guide)
 
     with pyro.validation_enabled(True), poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(scaled_model, scaled_guide, *first)
@@ -263,20 +284,24 @@ def fit(
             "pyro.module(...) or parameters with pyro.param(...)"
         )
     _check_devices(list(params.values()), device)
+    cluster.broadcast_(params.values())  # every rank starts from rank 0's initial weights
     if optimizer is None:
         optimizer = torch.optim.Adam(params.values(), lr=learning_rate, foreach=True)
 
-    state = _Progress()
+    state = _Progress(seed=base_seed)
     if saved is not None:
         restore_parameters(params, {k: v.to(device) for k, v in saved["params"].items()})
         optimizer.load_state_dict(saved["optimizer"])
         state = _Progress.from_dict(saved["training"])
         if state.order is not None:
             state.order, state.loss_sum = state.order.to(device), state.loss_sum.to(device)
-        set_rng_state(saved["rng"])
+        _restore_rng(saved["rng"], cluster, state)
 
     def save(path) -> None:
-        if path is not None:
+        if path is None:
+            return
+        rng = cluster.gather_objects(rng_state())  # a collective: every rank takes part
+        if cluster.is_main:
             extra = checkpoint_extra() if checkpoint_extra is not None else {}
             save_checkpoint(
                 path,
@@ -285,50 +310,65 @@ def fit(
                     "params": {name: p.detach() for name, p in params.items()},
                     "optimizer": optimizer.state_dict(),
                     "training": state.to_dict(),
-                    "rng": rng_state(),
+                    "rng": rng,
                     "epoch": state.epoch,
                 },
             )
 
-    def step(batch) -> torch.Tensor:
+    param_list = list(params.values())
+    no_stop, stop_flag = torch.zeros(1, device=device), torch.ones(1, device=device)
+
+    def step(
+        global_indices: torch.Tensor, stop_requested: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on this rank's share; returns its loss and the summed stop flag."""
         optimizer.zero_grad(set_to_none=True)
-        loss = elbo.differentiable_loss(scaled_model, scaled_guide, *batch)
-        loss.backward()
+        indices = cluster.shard(global_indices)
+        loss = torch.zeros((), device=device)
+        if indices.numel() > 0:
+            # Scaled so that the losses of all ranks sum to the global batch's estimate.
+            scale.num_data = num_data * indices.numel() / global_indices.numel()
+            batch = _transformed(tuple(t[indices] for t in tensors), transform)
+            loss = elbo.differentiable_loss(scaled_model, scaled_guide, *batch)
+            loss.backward()
+        stops = cluster.sum_gradients(param_list, stop_flag if stop_requested else no_stop)
         if clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params.values(), clip_norm)
+            norm = torch.nn.utils.clip_grad_norm_(param_list, clip_norm)
             loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
         optimizer.step()
-        return loss.detach()
+        return loss.detach(), stops
 
-    log = _CsvLog(csv_path, state.history)
+    log = _CsvLog(csv_path if cluster.is_main else None, state.history)
     steps_per_epoch = math.ceil(num_data / batch_size)
-    show = progress_enabled() if progress is None else progress
+    show = (progress_enabled() if progress is None else progress) and cluster.is_main
     remaining = max(num_epochs - state.epoch, 0) * steps_per_epoch - state.epoch_steps
     bar = tqdm(total=max(remaining, 0), disable=not show, unit="step", leave=False)
     with bar, pyro.validation_enabled(False), StopRequests() as stop:
         while state.epoch < num_epochs:
             started = time.perf_counter()
             if state.order is None:
-                state.order = torch.randperm(num_data, device=device)
+                state.order = _permutation(num_data, state.seed, state.epoch, device)
                 state.next_start, state.epoch_steps = 0, 0
                 # Losses stay on the device and are read once per epoch: no sync per step.
                 state.loss_sum = torch.zeros((), device=device)
             while state.next_start < num_data:
                 indices = state.order[state.next_start : state.next_start + batch_size]
-                state.loss_sum += step(_transformed(tuple(t[indices] for t in tensors), transform))
+                loss, stops = step(indices, stop.received is not None)
+                state.loss_sum += loss
                 state.next_start += batch_size
                 state.epoch_steps += 1
                 state.num_steps += 1
                 bar.update()
-                if stop.received is not None:
+                if _stop_now(stop, stops, cluster, state.num_steps):
                     save(checkpoint_path)
                     raise TrainingInterrupted(
-                        stop.received,
+                        stop.received or signal.SIGTERM,
                         state.epoch + 1,
                         state.epoch_steps,
                         Path(checkpoint_path) if checkpoint_path is not None else None,
                     )
-            train_bound = -state.loss_sum.item() / (steps_per_epoch * num_data)
+            loss_total = cluster.sum_(state.loss_sum.clone())
+            train_bound = -loss_total.item() / (steps_per_epoch * num_data)
             if not math.isfinite(train_bound):
                 kept = f"; the checkpoint {checkpoint_path} from epoch {state.epoch} is intact"
                 raise TrainingDiverged(
@@ -338,7 +378,7 @@ def fit(
                 )
             held_out_elbo = None
             if held_out_tensors is not None:
-                held_out_elbo = estimate_elbo(model, guide, held_out_tensors)
+                held_out_elbo = _held_out_elbo(model, guide, held_out_tensors, cluster)
             state.epoch += 1
             state.order = None
             stats = EpochStats(
@@ -348,6 +388,53 @@ def fit(
             log.append(stats)
             save(checkpoint_path)
             bar.set_postfix(train_bound=f"{train_bound:.2f}")
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and cluster.is_main:
                 on_epoch_end(stats)
     return FitResult(history=state.history, optimizer=optimizer, num_steps=state.num_steps)
+
+
+def _permutation(num_data: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The minibatch order of an epoch: a function of the seed and the epoch alone.
+
+    Drawn on the CPU from its own generator, so every rank gets the same order and the
+    order does not depend on the device or on what else drew random numbers.
+    """
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return torch.randperm(num_data, generator=generator, device="cpu").to(device)
+
+
+_STOP_CHECK_EVERY = 10
+
+
+def _stop_now(stop: StopRequests, stops: torch.Tensor, cluster: Cluster, num_steps: int) -> bool:
+    """Whether to stop after this step. Alone, as soon as a signal came; with several
+    processes, all decide together from the summed flags, every few steps so that the
+    check costs no host sync on the others."""
+    if not cluster.active:
+        return stop.received is not None
+    return num_steps % _STOP_CHECK_EVERY == 0 and bool(stops.item() > 0)
+
+
+def _held_out_elbo(model, guide, tensors, cluster: Cluster) -> float:
+    """Mean per-datapoint held-out ELBO, each rank evaluating a contiguous shard."""
+    num_data = tensors[0].shape[0]
+    start, end = cluster.rows(num_data)
+    total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
+    if end > start:
+        total += estimate_elbo(model, guide, tuple(t[start:end] for t in tensors)) * (end - start)
+    return cluster.sum_(total).item() / num_data
+
+
+def _restore_rng(saved_rng, cluster: Cluster, state: _Progress) -> None:
+    """Each rank takes back its own generator states; with another number of processes
+    than the checkpoint's, ranks are re-seeded and the run is no longer bit-exact."""
+    per_rank = saved_rng if isinstance(saved_rng, list) else [saved_rng]
+    if len(per_rank) == cluster.world_size:
+        set_rng_state(per_rank[cluster.rank])
+        return
+    warnings.warn(
+        f"the checkpoint was written by {len(per_rank)} processes and this run has "
+        f"{cluster.world_size}: random draws are re-seeded, so the run is not bit-exact",
+        stacklevel=3,
+    )
+    pyro.set_rng_seed(state.seed + 7919 * state.num_steps + cluster.rank)

@@ -1,0 +1,88 @@
+"""Data-parallel training with 2 gloo processes equals one process with the same global batch."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pvae.distributed import Cluster
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def run_worker(out, processes):
+    out.mkdir()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command = launcher + [f"--nproc_per_node={processes}"] if processes > 1 else []
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    done = subprocess.run(
+        [*command, *([] if processes > 1 else [sys.executable]), str(WORKER), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(processes)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distributed")
+    return run_worker(root / "single", 1)[0], run_worker(root / "two", 2), root
+
+
+def test_two_processes_train_the_same_parameters_as_one(runs):
+    single, (rank0, rank1), _ = runs
+    for name, value in single["linear"].items():
+        assert torch.equal(rank0["linear"][name], rank1["linear"][name]), name
+        assert torch.allclose(rank0["linear"][name], value, rtol=1e-9, atol=1e-12), name
+    for epoch_single, epoch_two in zip(
+        single["linear_history"], rank0["linear_history"], strict=True
+    ):
+        assert epoch_two["held_out_elbo"] is epoch_single["held_out_elbo"] is None
+        assert epoch_two["train_bound"] == pytest.approx(epoch_single["train_bound"], rel=1e-9)
+
+
+def test_ranks_stay_identical_while_training_a_vae(runs):
+    _, (rank0, rank1), _ = runs
+    for name, value in rank0["vae"].items():
+        assert torch.equal(value, rank1["vae"][name]), name
+
+
+def test_gathered_evaluation_equals_the_single_process_one_on_the_same_weights(runs, tmp_path):
+    _, (rank0, rank1), _ = runs
+    assert torch.equal(rank0["iwae"], rank1["iwae"])  # every rank gets the whole result
+    assert rank0["iwae"].shape == (50,)
+    # One process, the trained weights of the two-process run, the same seed and K.
+    from distributed_worker import X_DIM, Z_DIM, data
+
+    import pvae
+
+    vae = pvae.build_vae(X_DIM, z_dim=Z_DIM, hidden_dims=[8])
+    vae.load_state_dict(rank0["vae"])
+    binary = (data() > 0).float()
+    alone = pvae.log_likelihood(vae.model, vae.guide, binary, 200, seed=5, data_chunk=20)
+    assert torch.allclose(alone.per_datapoint, rank0["iwae"], rtol=0, atol=1e-5)
+    assert torch.allclose(alone.ess, rank0["iwae_ess"], rtol=1e-5)
+
+
+def test_only_rank_zero_writes_files(runs):
+    _, _, root = runs
+    written = sorted(p.name for p in (root / "two").iterdir())
+    assert written == ["checkpoint.pt", "history.csv", "rank0.pt", "rank1.pt"]
+    state = torch.load(root / "two" / "checkpoint.pt", weights_only=True)
+    assert len(state["rng"]) == 2  # each rank's generators, for an exact resume
+
+
+@pytest.mark.parametrize("rows, world", [(50, 2), (10, 3), (7, 1), (95, 4), (1000, 3)])
+def test_row_shares_are_contiguous_block_aligned_and_cover_everything(rows, world):
+    shares = [Cluster(rank, world).rows(rows, multiple=10) for rank in range(world)]
+    assert shares[0][0] == 0 and shares[-1][1] == rows
+    for (_, end), (start, _) in zip(shares, shares[1:], strict=False):
+        assert end == start and start % 10 == 0
+    sizes = [end - start for start, end in shares]
+    assert max(sizes) - min(sizes) <= 10 or rows < 10 * world
