@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -9,7 +11,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device`` into a device.
 
     ``"auto"`` (or ``None``) picks CUDA when a GPU is visible and the CPU otherwise.
-    Asking for CUDA on a machine without one is an error, not a silent fallback.
+    Asking for CUDA on a machine without one is an error, not a silent fallback. Under
+    torchrun, a bare ``"cuda"`` means this process's GPU, ``cuda:$LOCAL_RANK``.
 
     Example::
 
@@ -17,7 +20,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         device(type='cpu')
     """
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -29,4 +32,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             f"device {device!r} was requested but no CUDA GPU is available: "
             "use --device cpu (or 'auto' to pick the GPU only when there is one)"
         )
+    if resolved.type == "cuda" and resolved.index is None and "LOCAL_RANK" in os.environ:
+        resolved = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return resolved
