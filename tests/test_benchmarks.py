@@ -1,0 +1,69 @@
+"""Each benchmark runs in a tiny mode and prints its table (no timings are asserted)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = {
+    "train_speed.py": [
+        "--num-data",
+        "512",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-sizes",
+        "256",
+        "--hidden",
+        "32",
+    ],
+    "eval_speed.py": [
+        "-k",
+        "40",
+        "--num-data",
+        "30",
+        "--data-chunk",
+        "20",
+        "--particle-chunk",
+        "30",
+        "--memory-k",
+        "10",
+        "--repeats",
+        "1",
+        "--hidden",
+        "32",
+    ],
+    "quality.py": [
+        "--epochs",
+        "1",
+        "--train-points",
+        "300",
+        "--eval-points",
+        "20",
+        "--eval-samples",
+        "30",
+        "-k",
+        "2",
+    ],
+}
+
+
+def test_every_benchmark_has_a_tiny_mode():
+    scripts = {p.name for p in BENCHMARKS.glob("*.py") if "__main__" in p.read_text()}
+    assert scripts == set(TINY)
+
+
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_benchmark_runs_in_tiny_mode(script):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *TINY[script]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table_rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(table_rows) >= 2
