@@ -36,19 +36,19 @@ class ScaleDataPlate(Messenger):
                 return
 
 
-def inspect_model(model, guide, *args) -> int:
+def inspect_model(model, guide, *args, traces: tuple | None = None) -> int:
     """Check that ``model`` has a sample site in the ``"data"`` plate; return its plate nesting.
 
     The nesting (how many batch dimensions the plates of model and guide use) lets
-    vectorized particles go to the left of them without Pyro guessing it again.
+    vectorized particles go to the left of them without Pyro guessing it again. ``traces``
+    are the (guide, model) traces of :func:`trace_pair`, when already made.
 
     Example::
 
         >>> inspect_model(vae.model, vae.guide, x[:2])  # doctest: +SKIP
         1
     """
-    guide_trace = poutine.trace(guide).get_trace(*args)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    guide_trace, model_trace = traces if traces is not None else trace_pair(model, guide, *args)
     sites = [
         site
         for trace in (guide_trace, model_trace)
@@ -64,3 +64,10 @@ def inspect_model(model, guide, *args) -> int:
         )
     dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
     return -min(dims) if dims else 0
+
+
+def trace_pair(model, guide, *args) -> tuple[poutine.Trace, poutine.Trace]:
+    """Traces of one run of the guide and of the model replayed on its latents."""
+    guide_trace = poutine.trace(guide).get_trace(*args)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    return guide_trace, model_trace

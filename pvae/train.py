@@ -23,7 +23,10 @@ from pvae.checkpoint import load_checkpoint, save_checkpoint
 from pvae.data import check_data
 from pvae.distributed import Cluster, connect
 from pvae.evaluate import _as_tuple, estimate_elbo
+from pvae.fast_elbo import ReparameterizedELBO
+from pvae.fast_elbo import supports as supports_fast_elbo
 from pvae.objectives import ScaleDataPlate, inspect_model, make_objective
+from pvae.plates import trace_pair
 from pvae.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
 
 
@@ -270,8 +273,11 @@ def fit(
     first = _transformed(tuple(t[:batch_size] for t in tensors), transform)
     _check_support(model, transform, tensors[0], first[0])
     with pyro.validation_enabled(True):
-        nesting = inspect_model(model, guide, *first)
+        traces = trace_pair(model, guide, *first)
+        nesting = inspect_model(model, guide, traces=traces)
     elbo = make_objective(objective, num_particles, nesting)
+    if objective == "elbo" and supports_fast_elbo(*traces):
+        elbo = ReparameterizedELBO(num_particles, nesting)  # same numbers, less overhead
     scale = ScaleDataPlate(num_data)
     scaled_model, scaled_guide = scale(model), scale(guide)
 
@@ -285,6 +291,8 @@ def fit(
         )
     _check_devices(list(params.values()), device)
     cluster.broadcast_(params.values())  # every rank starts from rank 0's initial weights
+    if isinstance(elbo, ReparameterizedELBO):
+        elbo.cache_parameters(params)
     if optimizer is None:
         optimizer = torch.optim.Adam(params.values(), lr=learning_rate, foreach=True)
 
