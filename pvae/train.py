@@ -265,7 +265,7 @@ def fit(
         )
     # One seed for the minibatch order, the same on every rank; the draws of each rank
     # (guide noise, binarization) come from its own seed.
-    base_seed = seed if seed is not None else int(torch.randint(2**62, (), device="cpu"))
+    base_seed = seed if seed is not None else int(torch.randint(2**31, (), device="cpu"))
     base_seed = cluster.broadcast_int(base_seed, device)
     if seed is not None or cluster.active:
         pyro.set_rng_seed(base_seed + cluster.rank)
