@@ -13,8 +13,19 @@ Example::
                       transform=pvae.data.DynamicBinarization())
 """
 
-from pvae import data, likelihoods, nets, objectives, plots, priors
+from pvae import (
+    config,
+    data,
+    guides,
+    likelihoods,
+    nets,
+    objectives,
+    plots,
+    priors,
+    variants,
+)
 from pvae.checkpoint import load_checkpoint, load_vae, save_checkpoint, vae_state
+from pvae.config import Config, load_config, save_config
 from pvae.device import resolve_device
 from pvae.evaluate import estimate_elbo
 from pvae.iwae import LogLikelihood, log_likelihood, plot_khat
@@ -28,6 +39,12 @@ __all__ = [
     "EpochStats",
     "FitResult",
     "build_vae",
+    "config",
+    "Config",
+    "guides",
+    "load_config",
+    "save_config",
+    "variants",
     "data",
     "estimate_elbo",
     "fit",

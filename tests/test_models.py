@@ -83,3 +83,37 @@ def test_mlp_depth_and_activation_are_configurable():
 def test_unknown_names_list_the_valid_ones(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"prior": "learned_gaussian"},
+        {"prior": "mog"},
+        {"prior": "vamp", "prior_options": {"num_components": 3}},
+        {"prior": "flow"},
+        {"likelihood": "continuous_bernoulli"},
+        {"likelihood": "gaussian"},
+        {"likelihood": "laplace", "likelihood_options": {"scale": 0.1}},
+        {"likelihood": "discretized_logistic"},
+        {"guide": "iaf"},
+        {"network": "conv", "image_shape": [1, 4, 4], "channels": [2]},
+        {"beta": 2.0, "warmup_epochs": 2},
+        {"num_classes": 3},
+        # Not the adversarial autoencoder: pyro.factor's Unit distribution calls
+        # torch.as_tensor on its log-factor, which the 'meta' default device moves to meta.
+    ],
+    ids=lambda options: "-".join(str(v) for v in options.values())[:40],
+)
+def test_every_part_creates_its_tensors_on_the_data_device(options):
+    """As in test_fit: with the default device 'meta', a tensor made without device= cannot
+    mix with the CPU data, so training and evaluation prove each part's device discipline."""
+    vae = pvae.build_vae(16, z_dim=2, hidden_dims=[8], **options)
+    x = torch.randint(0, 256, (8, 16)) / 255
+    if vae.model_args["likelihood"] == "bernoulli":
+        x = torch.bernoulli(x)
+    data = (x, torch.arange(8) % 3) if options.get("num_classes") else x
+    with torch.device("meta"):
+        pvae.fit(vae.model, vae.guide, data, num_epochs=1, batch_size=4, held_out=data)
+        bound = pvae.log_likelihood(vae.model, vae.guide, data, 3, seed=0)
+    assert torch.isfinite(bound.per_datapoint).all()

@@ -1,0 +1,236 @@
+"""Likelihoods: normalized, equal to their formulas, strict about their data, and trainable."""
+
+import itertools
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pvae
+from pvae.likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    Dequantized,
+    DiscretizedLogistic,
+    DiscretizedLogisticLikelihood,
+    GaussianLikelihood,
+    LaplaceLikelihood,
+    make_likelihood,
+)
+
+X_DIM = 12
+LEVELS = torch.arange(256, dtype=torch.float64) / 255
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grey_data(n=64, seed=0):
+    """8-bit grey levels k/255 around four prototypes."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(4, X_DIM, generator=generator)
+    noise = 0.05 * torch.randn(n, X_DIM, generator=generator)
+    x = (prototypes[torch.arange(n) % 4] + noise).clamp(0, 1)
+    return (x * 255).round() / 255
+
+
+def data_for(name):
+    x = grey_data()
+    return (
+        torch.bernoulli(x, generator=torch.Generator().manual_seed(1)) if name == "bernoulli" else x
+    )
+
+
+@pytest.mark.parametrize("name", list(LIKELIHOODS))
+def test_every_likelihood_trains_and_gives_a_finite_iwae_bound(name):
+    vae = pvae.build_vae(X_DIM, z_dim=2, hidden_dims=[16], likelihood=name)
+    x = data_for(name)
+    result = pvae.fit(
+        vae.model, vae.guide, x, num_epochs=8, batch_size=32, learning_rate=1e-2, seed=0
+    )
+    bounds = [stats.train_bound for stats in result.history]
+    assert all(math.isfinite(b) for b in bounds) and bounds[-1] > bounds[0], bounds
+    bound = pvae.log_likelihood(vae.model, vae.guide, x, 20, seed=0)
+    assert torch.isfinite(bound.per_datapoint).all()
+    means = vae.reconstruct(x[:3])
+    assert means.shape == (3, X_DIM) and bool(((means >= 0) & (means <= 1)).all())
+
+
+def test_bernoulli_sums_to_one_over_all_binary_vectors():
+    logits = torch.tensor([0.3, -2.0, 4.0], dtype=torch.float64)
+    d = BernoulliLikelihood()(logits, event_dim=1)
+    points = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
+    assert d.log_prob(points).exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("logit", [-30.0, -3.0, -0.001, 0.0, 0.002, 1.0, 8.0])
+def test_continuous_bernoulli_integrates_to_one_on_the_unit_interval(logit):
+    # Simpson's rule on 20,001 points; near logit 0 torch switches to a Taylor expansion of
+    # the normalizing constant, which must stay normalized too.
+    x = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    d = ContinuousBernoulliLikelihood()(torch.tensor([logit], dtype=torch.float64), event_dim=1)
+    density = d.log_prob(x.unsqueeze(-1)).exp()
+    weights = torch.ones_like(x)
+    weights[1:-1:2], weights[2:-1:2] = 4, 2
+    mass = (weights * density).sum().item() * (x[1] - x[0]).item() / 3
+    assert mass == pytest.approx(1.0, abs=1e-6)
+
+
+def test_continuous_bernoulli_is_the_papers_formula():
+    # p(x|lam) = C(lam) lam^x (1-lam)^(1-x), C(lam) = 2 artanh(1-2 lam) / (1-2 lam).
+    lam = torch.tensor([0.1, 0.3, 0.8], dtype=torch.float64)
+    x = torch.tensor([0.0, 0.7, 0.25], dtype=torch.float64)
+    constant = 2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam)
+    expected = (constant.log() + x * lam.log() + (1 - x) * (1 - lam).log()).sum()
+    logits = torch.logit(lam)
+    got = ContinuousBernoulliLikelihood()(logits, event_dim=1).log_prob(x)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-10)
+    mean = ContinuousBernoulliLikelihood().mean(logits)
+    expected_mean = lam / (2 * lam - 1) + 1 / (2 * torch.atanh(1 - 2 * lam))
+    assert torch.allclose(mean, expected_mean)
+
+
+@pytest.mark.parametrize(
+    "loc, scale", [(0.5, 0.1), (0.0, 0.02), (1.3, 0.5), (-2.0, 0.01), (0.37, 1e-4), (0.6, 30.0)]
+)
+def test_discretized_logistic_sums_to_one_over_the_256_levels(loc, scale):
+    d = DiscretizedLogistic(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale))
+    assert d.log_prob(LEVELS).exp().sum().item() == pytest.approx(1.0, abs=1e-10)
+
+
+def test_discretized_logistic_two_pixels_sum_to_one_over_all_65536_images():
+    likelihood = DiscretizedLogisticLikelihood()
+    params = torch.tensor([0.2, 0.9, -2.0, -3.5], dtype=torch.float64)  # locs, log-scales
+    images = torch.cartesian_prod(LEVELS, LEVELS)
+    total = likelihood(params, event_dim=1).log_prob(images).exp().sum().item()
+    assert total == pytest.approx(1.0, abs=1e-10)
+
+
+def test_discretized_logistic_is_the_difference_of_logistic_cdfs():
+    loc, scale = torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64)
+    d = DiscretizedLogistic(loc, scale)
+    for k in (0, 1, 100, 254, 255):
+        x = k / 255
+        upper = 1.0 if k == 255 else torch.sigmoid((x + 1 / 510 - loc) / scale).item()
+        lower = 0.0 if k == 0 else torch.sigmoid((x - 1 / 510 - loc) / scale).item()
+        assert d.log_prob(torch.tensor(x, dtype=torch.float64)).item() == pytest.approx(
+            math.log(upper - lower), rel=1e-9
+        )
+
+
+def test_discretized_logistic_takes_locations_then_log_scales_for_images_too():
+    likelihood = DiscretizedLogisticLikelihood()
+    params = torch.randn(5, 2 * 3, 4, 4)  # [batch, 2 * C, H, W]
+    d = likelihood(params, event_dim=3)
+    assert d.batch_shape == (5,) and d.event_shape == (3, 4, 4)
+    assert torch.equal(d.base_dist.loc, params[:, :3])
+    assert torch.allclose(d.base_dist.scale, params[:, 3:].clamp(min=-7).exp())
+    assert torch.equal(likelihood.mean(params, event_dim=3), params[:, :3].clamp(0, 1))
+
+
+@pytest.mark.parametrize("family", [dist.Normal, dist.Laplace])
+def test_dequantized_density_integrates_to_the_mass_in_the_unit_interval(family):
+    base = family(torch.tensor(0.4, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64))
+    d = Dequantized(base)
+    v = torch.linspace(0, 256, 256 * 200 + 1, dtype=torch.float64)
+    density = d.log_density(v).exp()
+    mass = torch.trapezoid(density, v).item()
+    assert mass == pytest.approx((base.cdf(torch.tensor(1.0)) - base.cdf(torch.tensor(0.0))).item())
+
+
+def test_dequantized_log_prob_averages_to_the_bin_probability_and_bounds_its_log():
+    base = dist.Normal(
+        torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.01, dtype=torch.float64)
+    )
+    d = Dequantized(base)
+    torch.manual_seed(0)
+    x = LEVELS[120:136].repeat(20000, 1)  # 16 levels near the mode, 20,000 draws of u each
+    log_p = d.log_prob(x)
+    k = torch.arange(120, 136, dtype=torch.float64)
+    exact = base.cdf((k + 1) / 256) - base.cdf(k / 256)  # P(k), the mass of bin k
+    estimate = log_p.exp().mean(0)
+    assert torch.allclose(estimate, exact, rtol=0.02, atol=1e-4)
+    assert bool((log_p.mean(0) <= exact.log() + 1e-9).all())  # Jensen
+
+
+def test_dequantized_uniform_density_gives_the_discrete_uniform_log_probability():
+    # D log 256 is what makes a density on [0, 1)^D a bound on 8-bit pixel probabilities.
+    uniform = dist.Uniform(torch.zeros(784), torch.ones(784))
+    x = torch.randint(0, 256, (784,)) / 255
+    log_p = Dequantized(uniform).to_event(1).log_prob(x)
+    assert log_p.item() == pytest.approx(-784 * math.log(256), rel=1e-6)
+
+
+@pytest.mark.parametrize("likelihood", [GaussianLikelihood(), LaplaceLikelihood(scale=0.2)])
+def test_dequantized_likelihoods_are_their_formula_at_the_drawn_noise(likelihood):
+    loc = torch.rand(3, 5)
+    x = torch.randint(0, 256, (3, 5)) / 255
+    torch.manual_seed(7)
+    got = likelihood(loc, event_dim=1).log_prob(x)
+    torch.manual_seed(7)
+    u = torch.rand(3, 5)
+    family = dist.Normal if isinstance(likelihood, GaussianLikelihood) else dist.Laplace
+    y = ((x * 255).round() + u) / 256
+    expected = family(loc, likelihood.scale).log_prob(y).sum(-1) - 5 * math.log(256)
+    assert torch.allclose(got, expected)
+
+
+def test_gaussian_scale_is_learned_or_fixed():
+    assert [n for n, _ in GaussianLikelihood().named_parameters()] == ["raw_scale"]
+    fixed = GaussianLikelihood(scale=0.05)
+    assert list(fixed.parameters()) == [] and fixed.scale.item() == pytest.approx(0.05)
+    vae = pvae.build_vae(X_DIM, 2, [8], likelihood="gaussian")
+    before = vae.likelihood.scale.item()
+    pvae.fit(vae.model, vae.guide, grey_data(), num_epochs=2, batch_size=32, learning_rate=1e-2)
+    assert vae.likelihood.scale.item() != before  # registered with Pyro, trained
+
+
+def one_line_error(call, match):
+    with pytest.raises(ValueError, match=match) as error:
+        call()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "name, x, match",
+    [
+        ("bernoulli", torch.full((2, 3), 0.5), "needs binary data.*binarize"),
+        ("continuous_bernoulli", torch.full((2, 3), 255.0), r"in \[0, 1\].*divide 8-bit"),
+        ("continuous_bernoulli", torch.full((2, 3), -0.1), r"in \[0, 1\]"),
+        ("gaussian", torch.full((2, 3), 0.5), r"8-bit grey levels x = k / 255.*round\(\)"),
+        ("laplace", torch.full((2, 3), 2.0), r"in \[0, 1\]"),
+        ("discretized_logistic", torch.full((2, 3), 0.1234), "8-bit grey levels"),
+    ],
+)
+def test_data_outside_the_support_get_one_clear_error(name, x, match):
+    one_line_error(lambda: make_likelihood(name).check_data(x), match)
+    # ... also through fit, before any step.
+    vae = pvae.build_vae(3, 2, [4], likelihood=name)
+    one_line_error(lambda: pvae.fit(vae.model, vae.guide, x, num_epochs=1), match)
+
+
+def test_8bit_likelihoods_accept_the_loaders_grey_levels():
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, -1).float() / 255
+    for name in ("gaussian", "laplace", "discretized_logistic", "continuous_bernoulli"):
+        make_likelihood(name).check_data(x)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: make_likelihood("poisson"), "unknown likelihood 'poisson': choose one of bern"),
+        (lambda: make_likelihood("gaussian", sigma=0.1), "no option 'sigma' .its options: scale"),
+        (lambda: make_likelihood("bernoulli", scale=0.1), "no option 'scale' .its options: none"),
+        (lambda: make_likelihood("laplace", scale=-1.0), "scale must be > 0"),
+    ],
+)
+def test_bad_likelihood_choices_get_one_clear_error(call, match):
+    one_line_error(call, match)
