@@ -226,7 +226,7 @@ def fit(
             torchrun with several processes). Each process takes a contiguous share of
             every global minibatch of ``batch_size``; gradients are summed across processes
             each step, so all keep the same parameters. Only rank 0 writes the CSV and the
-            checkpoint and calls ``on_epoch_end``.
+            checkpoint; ``on_epoch_end`` runs on every rank (print from rank 0 only).
         on_epoch_end: called with each epoch's :class:`EpochStats`.
 
     Raises:
@@ -396,7 +396,7 @@ def fit(
             log.append(stats)
             save(checkpoint_path)
             bar.set_postfix(train_bound=f"{train_bound:.2f}")
-            if on_epoch_end is not None and cluster.is_main:
+            if on_epoch_end is not None:  # on every rank: it may update the model (warm-up)
                 on_epoch_end(stats)
     return FitResult(history=state.history, optimizer=optimizer, num_steps=state.num_steps)
 

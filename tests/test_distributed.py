@@ -86,3 +86,33 @@ def test_row_shares_are_contiguous_block_aligned_and_cover_everything(rows, worl
         assert end == start and start % 10 == 0
     sizes = [end - start for start, end in shares]
     assert max(sizes) - min(sizes) <= 10 or rows < 10 * world
+
+
+def test_the_readme_launch_line_runs_the_example_on_two_cpu_processes(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "out"
+    flags = ["-n", "1", "--batch-size", "500", "--z-dim", "4", "--hidden-dim", "32"]
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "examples/mnist_svi.py",
+            "--device",
+            "cpu",
+            *flags,
+            "--iwae-samples",
+            "20",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=WORKER.parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PVAE_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Rank 0 alone reports: one line per epoch, one bound.
+    assert done.stdout.count("epoch    1") == 1 and done.stdout.count("IWAE_20") == 1
+    assert (out / "checkpoint.pt").exists() and (out / "samples.png").exists()
