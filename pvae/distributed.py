@@ -66,6 +66,11 @@ class Cluster:
             offset += grad.numel()
         return flat[offset:]
 
+    def barrier(self) -> None:
+        """Wait until every process gets here (e.g. until rank 0 has written a file)."""
+        if self.active:
+            dist.barrier()
+
     def broadcast_(self, tensors) -> None:
         """Overwrite ``tensors`` on every rank with rank 0's values."""
         if self.active:

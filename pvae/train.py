@@ -221,7 +221,8 @@ def fit(
             ``checkpoint_extra()`` (e.g. ``pvae.vae_state(vae)``).
         resume: a checkpoint (path or loaded dict) of the same model to continue from, up
             to ``num_epochs`` epochs in all: on the CPU the result is bit for bit that of an
-            uninterrupted run.
+            uninterrupted run. With several processes every rank reads it: keep it on a
+            file system they all see.
         distributed: train data-parallel with ``torch.distributed`` (None: when launched by
             torchrun with several processes). Each process takes a contiguous share of
             every global minibatch of ``batch_size``; gradients are summed across processes
@@ -322,6 +323,7 @@ def fit(
                     "epoch": state.epoch,
                 },
             )
+        cluster.barrier()  # no rank goes on (and may resume from it) before the file is there
 
     param_list = list(params.values())
     no_stop, stop_flag = torch.zeros(1, device=device), torch.ones(1, device=device)

@@ -45,6 +45,35 @@ def main(out: Path) -> None:
     results["linear"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     results["linear_history"] = [vars(s) | {"seconds": 0} for s in fit.history]
 
+    # The importance-weighted objective, and a resume mid-way, give the same parameters too.
+    pyro.clear_param_store()
+    pvae.fit(
+        model,
+        guide,
+        x,
+        num_epochs=2,
+        batch_size=16,
+        objective="dreg",
+        num_particles=3,
+        learning_rate=0.05,
+        seed=3,
+        checkpoint_path=out / "dreg.pt",
+    )
+    pyro.clear_param_store()
+    pvae.fit(
+        model,
+        guide,
+        x,
+        num_epochs=3,
+        batch_size=16,
+        objective="dreg",
+        num_particles=3,
+        learning_rate=0.05,
+        resume=out / "dreg.pt",
+    )
+    results["dreg_resumed"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    pyro.clear_param_store()
     # A VAE with noise and dynamic binarization: ranks stay in sync; rank 0 writes files.
     pyro.clear_param_store()
     torch.manual_seed(0)

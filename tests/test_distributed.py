@@ -47,6 +47,13 @@ def test_two_processes_train_the_same_parameters_as_one(runs):
         assert epoch_two["train_bound"] == pytest.approx(epoch_single["train_bound"], rel=1e-9)
 
 
+def test_importance_weighted_training_resumed_midway_matches_one_process(runs):
+    single, (rank0, rank1), _ = runs
+    for name, value in single["dreg_resumed"].items():
+        assert torch.equal(rank0["dreg_resumed"][name], rank1["dreg_resumed"][name]), name
+        assert torch.allclose(rank0["dreg_resumed"][name], value, rtol=1e-9, atol=1e-12), name
+
+
 def test_ranks_stay_identical_while_training_a_vae(runs):
     _, (rank0, rank1), _ = runs
     for name, value in rank0["vae"].items():
@@ -73,7 +80,7 @@ def test_gathered_evaluation_equals_the_single_process_one_on_the_same_weights(r
 def test_only_rank_zero_writes_files(runs):
     _, _, root = runs
     written = sorted(p.name for p in (root / "two").iterdir())
-    assert written == ["checkpoint.pt", "history.csv", "rank0.pt", "rank1.pt"]
+    assert written == ["checkpoint.pt", "dreg.pt", "history.csv", "rank0.pt", "rank1.pt"]
     state = torch.load(root / "two" / "checkpoint.pt", weights_only=True)
     assert len(state["rng"]) == 2  # each rank's generators, for an exact resume
 
