@@ -1,5 +1,6 @@
 import pyro
 import pytest
+import torch
 
 
 def pytest_addoption(parser):
@@ -23,3 +24,12 @@ def fresh_pyro_state():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny networks run faster so, on a shared CPU too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

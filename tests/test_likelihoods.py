@@ -24,13 +24,8 @@ X_DIM = 12
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grey_data(n=64, seed=0):

@@ -16,14 +16,8 @@ from pvae.nets import (
     make_networks,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_mlp_depth_width_and_activation_are_configurable():

@@ -23,13 +23,8 @@ from pvae.priors import (
 X_DIM, Z_DIM = 12, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def binary_data(n=64, seed=0):

@@ -12,13 +12,8 @@ import pvae
 X_DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks: one thread is faster, and immune to other processes on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def labelled_data(n=64, seed=0):
