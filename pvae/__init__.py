@@ -14,9 +14,12 @@ Example::
 """
 
 from pvae import (
+    anomaly,
     config,
     data,
     guides,
+    imputation,
+    latent,
     likelihoods,
     nets,
     objectives,
@@ -35,6 +38,9 @@ from pvae.train import EpochStats, FitResult, TrainingDiverged, TrainingInterrup
 __version__ = "0.1.0"
 
 __all__ = [
+    "anomaly",
+    "imputation",
+    "latent",
     "VAE",
     "EpochStats",
     "FitResult",

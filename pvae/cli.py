@@ -1,19 +1,31 @@
-"""The ``pvae`` command: ``pvae evaluate CHECKPOINT --num-samples K``."""
+"""The ``pvae`` command.
+
+pvae evaluate CHECKPOINT --num-samples K        # held-out IWAE_K bound with k-hat check
+pvae sample CHECKPOINT --num-samples N --out FILE.npz [--label L]   # synthetic data
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from pvae.checkpoint import load_vae
 from pvae.data import HELD_OUT_SEED, binarize, load_dataset
 from pvae.device import resolve_device
 from pvae.iwae import log_likelihood, plot_khat
+from pvae.plots import save_sample_grid
+
+# Prior draws decoded per batch by `pvae sample`: bounds memory for any --num-samples.
+_SAMPLE_BATCH = 10_000
+_GRID_SIZE = 100
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -23,11 +35,14 @@ def evaluate(args: argparse.Namespace) -> None:
     config = state.get("config", {})
     dataset = args.dataset or config.get("dataset", "mnist")
     data = load_dataset(dataset, args.data_dir or config.get("data_dir"))
-    held_out = binarize(data.test_x, seed=HELD_OUT_SEED)
+    # As the likelihood scores them: binarized once with pvae's fixed seed for a Bernoulli one.
+    prepare = getattr(vae.likelihood, "held_out_data", None)
+    held_out = prepare(data.test_x) if prepare else binarize(data.test_x, seed=HELD_OUT_SEED)
+    held_out = (held_out, data.test_y) if getattr(vae, "num_classes", 0) else (held_out,)
     if args.num_datapoints is not None:
-        held_out = held_out[: args.num_datapoints]
+        held_out = tuple(t[: args.num_datapoints] for t in held_out)
     print(
-        f"{args.checkpoint}: epoch {state.get('epoch', '?')}; {held_out.shape[0]} held-out "
+        f"{args.checkpoint}: epoch {state.get('epoch', '?')}; {held_out[0].shape[0]} held-out "
         f"{data.name} images from {data.source}; device {device}"
     )
     vae.eval()
@@ -35,7 +50,7 @@ def evaluate(args: argparse.Namespace) -> None:
     result = log_likelihood(
         vae.model,
         vae.guide,
-        held_out.to(device),
+        tuple(t.to(device) for t in held_out),
         args.num_samples,
         particle_chunk=args.particle_chunk,
         data_chunk=args.data_chunk,
@@ -44,6 +59,73 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"{result.summary()} [{time.perf_counter() - started:.0f} s]")
     if args.khat_plot:
         print(f"wrote {plot_khat(result, args.khat_plot)}")
+
+
+def sample(args: argparse.Namespace) -> None:
+    """Draw ``--num-samples`` images from a checkpoint's VAE into an .npz file and a PNG grid."""
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be a positive integer, got {args.num_samples}")
+    device = resolve_device(args.device)
+    vae, state = load_vae(args.checkpoint, device)
+    num_classes = getattr(vae, "num_classes", 0)
+    if args.label is not None and not num_classes:
+        raise ValueError(
+            f"{args.checkpoint} holds an unconditional VAE (no num_classes in its model_args): "
+            "--label needs a conditional VAE, e.g. one trained by examples/mnist_svi.py "
+            "--conditional"
+        )
+    if args.label is not None and not 0 <= args.label < num_classes:
+        raise ValueError(f"--label must lie in 0..{num_classes - 1}, got {args.label}")
+    image_shape = _image_shape(vae, args.image_shape)
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    vae.eval()
+    torch.manual_seed(args.seed)
+    labels = None
+    if num_classes:  # the given class, or every class in turn
+        labels = torch.arange(args.num_samples, device=device) % num_classes
+        if args.label is not None:
+            labels = torch.full_like(labels, args.label)
+    batches = []
+    for start in range(0, args.num_samples, _SAMPLE_BATCH):
+        count = min(_SAMPLE_BATCH, args.num_samples - start)
+        chosen = () if labels is None else (labels[start : start + count],)
+        batches.append(vae.sample(count, *chosen).reshape(count, *image_shape).float().cpu())
+    images = torch.cat(batches)
+    arrays = {"images": images.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    np.savez_compressed(out, **arrays)
+    grid = save_sample_grid(images[:_GRID_SIZE], out.with_suffix(".png"), image_shape)
+    kind = f"class {args.label}" if args.label is not None else "every class in turn"
+    print(
+        f"wrote {args.num_samples} samples of {args.checkpoint} (epoch {state.get('epoch', '?')}"
+        f"{', ' + kind if num_classes else ''}) to {out}: 'images' "
+        f"{list(images.shape)} float32, the means of p(x|z) for z from the prior"
+        f"{', and labels' if labels is not None else ''}; the first "
+        f"{min(args.num_samples, _GRID_SIZE)} as a grid in {grid}"
+    )
+
+
+def _image_shape(vae, given) -> tuple[int, ...]:
+    """The checkpoint's image shape, else one channel of a square image of x_dim pixels."""
+    x_dim = vae.model_args.get("x_dim")
+    if given:
+        shape = tuple(given)
+    elif vae.model_args.get("image_shape"):
+        shape = tuple(vae.model_args["image_shape"])
+    elif x_dim and math.isqrt(x_dim) ** 2 == x_dim:
+        shape = (1, math.isqrt(x_dim), math.isqrt(x_dim))
+    else:
+        raise ValueError(
+            f"cannot tell the image shape of {x_dim} values per sample: pass --image-shape C H W"
+        )
+    if x_dim and math.prod(shape) != x_dim:
+        raise ValueError(f"--image-shape {list(shape)} does not hold the model's {x_dim} values")
+    return shape
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,6 +144,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--khat-plot", default=None, help="write a PNG of k-hat per datapoint")
     e.set_defaults(run=evaluate)
+    s = commands.add_parser(
+        "sample",
+        help="synthetic data: N samples of a checkpoint's VAE as .npz and a PNG grid",
+        description="Draw z from the prior and write the means of p(x|z) (for a Bernoulli "
+        "VAE, pixel probabilities: binarize them with numpy.random.binomial(1, images) for "
+        "binary data) as 'images' [N, C, H, W] into FILE.npz, and the first 100 as a grid "
+        "into FILE.png. A conditional VAE draws class --label, or every class in turn, and "
+        "also writes 'labels'.",
+    )
+    s.add_argument("checkpoint")
+    s.add_argument("-n", "--num-samples", type=int, required=True)
+    s.add_argument("--out", required=True, help="FILE.npz (and FILE.png)")
+    s.add_argument("--label", type=int, default=None, help="class to draw (conditional VAE)")
+    s.add_argument("--image-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"))
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(run=sample)
     return p
 
 

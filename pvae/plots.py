@@ -1,12 +1,42 @@
-"""Pictures of a trained VAE (PNG files): samples, reconstructions, training curves."""
+"""Pictures of a trained VAE (PNG files): samples, reconstructions, paths through the latent
+space, the latent map, training curves and the k-hat plot of :func:`pvae.log_likelihood`.
+
+Grids of images are tiled by ``torchvision.utils.make_grid``; labelled grids and charts are
+drawn on a bare matplotlib ``Figure``, which leaves pyplot's global state alone. Every
+function takes flat images (values in [0, 1]) with an ``image_shape``, and returns the path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
+
+from pvae.iwae import plot_khat
+from pvae.latent import interpolate, principal_components, traverse
+
+__all__ = [
+    "plot_khat",
+    "save_image_table",
+    "save_interpolations",
+    "save_latent_map",
+    "save_reconstructions",
+    "save_sample_grid",
+    "save_training_curves",
+    "save_traversals",
+]
+
+_PADDING = 2
+_DPI = 100
+# Labelled grids: margins (pixels) left of the grid for row labels (_CHAR_WIDTH per character
+# of the longest, plus _LABEL_GAP) and above it for each line of column labels and the title.
+_CHAR_WIDTH = 8
+_LABEL_GAP = 12
+_LINE_HEIGHT = 22
+_FONT_SIZE = 9
 
 
 def _as_images(x: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
@@ -23,7 +53,7 @@ def save_sample_grid(
         >>> save_sample_grid(vae.sample(100), "samples.png")  # doctest: +SKIP
     """
     path = Path(path)
-    save_image(_as_images(samples, image_shape), path, nrow=nrow, padding=2, pad_value=0.5)
+    save_image(_as_images(samples, image_shape), path, nrow=nrow, padding=_PADDING, pad_value=0.5)
     return path
 
 
@@ -45,7 +75,244 @@ def save_reconstructions(
     for start in range(0, originals.shape[0], per_row):
         pairs += [originals[start : start + per_row], reconstructions[start : start + per_row]]
     rows = [_as_images(row, image_shape) for row in pairs]
-    save_image(torch.cat(rows), path, nrow=per_row, padding=2, pad_value=0.5)
+    save_image(torch.cat(rows), path, nrow=per_row, padding=_PADDING, pad_value=0.5)
+    return path
+
+
+def save_image_table(
+    images: torch.Tensor,
+    path: str | Path,
+    *,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    image_shape=(1, 28, 28),
+    scale: int = 2,
+) -> Path:
+    """Save a table of images ``[rows, columns, ...]`` as a PNG, with optional labels.
+
+    ``images`` holds flat images (``[rows, columns, prod(image_shape)]``) or images
+    ``[rows, columns, channels, height, width]`` with 1 or 3 channels, values in [0, 1]. The
+    grid is tiled by ``make_grid`` (2-pixel white padding) and drawn ``scale`` times enlarged,
+    pixel for pixel. Row labels take a margin on the left of 12 pixels plus 8 per character
+    of the longest; the title and every line of the column labels (which may hold ``"\\n"``)
+    take 22 pixels on top.
+
+    Example::
+
+        >>> save_image_table(torch.rand(2, 5, 784), "table.png",
+        ...                  row_labels=["first", "second"])  # doctest: +SKIP
+    """
+    from matplotlib.figure import Figure
+
+    num_rows, num_columns = images.shape[:2]
+    if row_labels is not None and len(row_labels) != num_rows:
+        raise ValueError(f"{len(row_labels)} row labels for {num_rows} rows")
+    if column_labels is not None and len(column_labels) != num_columns:
+        raise ValueError(f"{len(column_labels)} column labels for {num_columns} columns")
+    tiles = images.detach().float().cpu()
+    if tiles.dim() == 3:
+        tiles = tiles.reshape(num_rows, num_columns, *image_shape)
+    tiles = tiles.reshape(num_rows * num_columns, *tiles.shape[2:]).clamp(0, 1)
+    grid = make_grid(tiles, nrow=num_columns, padding=_PADDING, pad_value=1.0)
+    tile_height, tile_width = tiles.shape[-2] + _PADDING, tiles.shape[-1] + _PADDING
+    grid_height, grid_width = grid.shape[1] * scale, grid.shape[2] * scale
+    left = _LABEL_GAP + _CHAR_WIDTH * max(map(len, row_labels)) if row_labels else 0
+    label_lines = max((label.count("\n") + 1 for label in column_labels or []), default=0)
+    top = _LINE_HEIGHT * (label_lines + (title is not None))
+    width, height = left + grid_width, top + grid_height
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    axes = figure.add_axes((left / width, 0, grid_width / width, grid_height / height))
+    axes.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes.set_axis_off()
+    for row, label in enumerate(row_labels or []):
+        center = _PADDING + row * tile_height + tile_height / 2
+        axes.text(-4, center, label, ha="right", va="center", fontsize=_FONT_SIZE)
+    for column, label in enumerate(column_labels or []):
+        center = _PADDING + column * tile_width + tile_width / 2
+        axes.text(center, -4, label, ha="center", va="bottom", fontsize=_FONT_SIZE)
+    if title is not None:
+        figure.text(0.5, 1 - 4 / height, title, ha="center", va="top", fontsize=_FONT_SIZE + 1)
+    return _save_pixels(figure, path, grey=tiles.shape[1] == 1)
+
+
+def _save_pixels(figure, path: str | Path, grey: bool) -> Path:
+    """Render a figure with Agg and save it as an 8-bit grey or RGB PNG (no alpha channel).
+
+    Grey levels of decoded images compress poorly: one channel instead of four halves the file.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    pixels = Image.fromarray(np.asarray(canvas.buffer_rgba()))
+    path = Path(path)
+    pixels.convert("L" if grey else "RGB").save(path, optimize=True)
+    return path
+
+
+@torch.no_grad()
+def save_interpolations(
+    vae,
+    x_start: torch.Tensor,
+    x_end: torch.Tensor,
+    path: str | Path,
+    num_steps: int = 8,
+    image_shape=(1, 28, 28),
+) -> Path:
+    """Decode linear and spherical interpolations between the posterior means of image pairs.
+
+    For each pair (rows of ``x_start`` and ``x_end``) two rows: ``linear`` and
+    ``spherical`` (:func:`pvae.latent.slerp`), each the start image, ``num_steps`` decoded
+    codes from its posterior mean to the end image's (both included), and the end image.
+
+    Example::
+
+        >>> save_interpolations(vae, held_out[:3], held_out[3:6], "interp.png")  # doctest: +SKIP
+    """
+    z_start, z_end = vae.encode(x_start)[0], vae.encode(x_end)[0]
+    rows, labels = [], []
+    for pair in range(x_start.shape[0]):
+        for method in ("linear", "spherical"):
+            path_codes = interpolate(z_start[pair], z_end[pair], num_steps, method)
+            decoded = vae.decode(path_codes)
+            rows.append(torch.cat([x_start[pair : pair + 1], decoded, x_end[pair : pair + 1]]))
+            labels.append(method)
+    steps = [f"{t:.2g}" for t in np.linspace(0, 1, num_steps)]
+    return save_image_table(
+        torch.stack(rows),
+        path,
+        row_labels=labels,
+        column_labels=["start", *(f"t={t}" for t in steps[:1]), *steps[1:], "end"],
+        image_shape=image_shape,
+    )
+
+
+@torch.no_grad()
+def save_traversals(
+    vae,
+    x: torch.Tensor,
+    path: str | Path,
+    values: torch.Tensor | None = None,
+    dims: Sequence[int] | None = None,
+    image_shape=(1, 28, 28),
+) -> Path:
+    """Decode the posterior mean of one image ``x`` with one latent dimension varied per row.
+
+    Each row sets dimension ``d`` (default: all, in order; pass them sorted by
+    :func:`pvae.latent.latent_activity` to see the used ones first) to each of ``values``
+    (default: -3 to 3 in 9 steps, ±3 prior standard deviations of a N(0, I) prior).
+
+    Example::
+
+        >>> order = pvae.latent.latent_activity(vae.encode, held_out).argsort(descending=True)
+        >>> save_traversals(vae, held_out[0], "traversal.png", dims=order[:10])  # doctest: +SKIP
+    """
+    values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values)
+    z = vae.encode(x.reshape(1, -1))[0][0]
+    dims = list(range(z.shape[0])) if dims is None else [int(d) for d in dims]
+    decoded = vae.decode(traverse(z, values, dims))
+    return save_image_table(
+        decoded,
+        path,
+        row_labels=[f"z{d}" for d in dims],
+        column_labels=[f"{v:+.1f}" for v in values.tolist()],
+        image_shape=image_shape,
+    )
+
+
+@torch.no_grad()
+def _prior_quantiles(vae, num_per_side: int, num_draws: int = 100_000) -> torch.Tensor:
+    """Quantiles 0.05..0.95 of each prior marginal [z_dim, num_per_side] (N(0, 1): ±1.64)."""
+    prior = vae.prior()
+    levels = torch.linspace(0.05, 0.95, num_per_side)
+    marginal = getattr(prior, "base_dist", prior)
+    try:  # exact where the marginals have an inverse CDF (a Normal prior)
+        return marginal.icdf(levels.unsqueeze(-1).to(marginal.mean)).T.cpu()
+    except (NotImplementedError, AttributeError, RuntimeError, ValueError):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            draws = prior.sample((num_draws,)).cpu()
+        return torch.quantile(draws, levels, dim=0).T
+
+
+@torch.no_grad()
+def save_latent_map(
+    vae,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    path: str | Path,
+    num_per_side: int = 20,
+    image_shape=(1, 28, 28),
+) -> Path:
+    """The latent space at a glance: the decoded manifold for z_dim ≤ 2, else a scatter plot.
+
+    For ``z_dim`` 2 (or 1), the decoder's mean on a ``num_per_side`` grid of prior quantiles
+    0.05 to 0.95 of each dimension (Kingma & Welling, "Auto-Encoding Variational Bayes",
+    ICLR 2014, fig. 4); ``x`` and ``labels`` are not used. For larger ``z_dim``, the
+    posterior means of ``x`` projected on their first two principal components, coloured by
+    ``labels``.
+
+    Example::
+
+        >>> save_latent_map(vae, held_out, held_out_labels, "latent_map.png")  # doctest: +SKIP
+    """
+    z_dim = vae.z_dim
+    if z_dim <= 2:
+        quantiles = _prior_quantiles(vae, num_per_side)
+        if z_dim == 1:
+            codes = quantiles.T.unsqueeze(0)  # [1, num_per_side, 1]
+            row_labels = None
+        else:
+            # Rows: z1 from high (top) to low; columns: z0 from low to high, as on a chart.
+            z0, z1 = torch.meshgrid(quantiles[0], quantiles[1].flip(0), indexing="xy")
+            codes = torch.stack([z0, z1], dim=-1)
+            row_labels = [f"z1={v:+.2f}" for v in quantiles[1].flip(0).tolist()]
+        decoded = vae.decode(codes.to(_device(vae)))
+        return save_image_table(
+            decoded,
+            path,
+            row_labels=row_labels,
+            column_labels=[f"{v:.1f}" for v in quantiles[0].tolist()],
+            title="decoder means on a grid of prior quantiles (columns: z0)",
+            image_shape=image_shape,
+            scale=1,
+        )
+    return _save_latent_scatter(vae, x, labels, path)
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    tensor = next(iter(module.parameters()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _save_latent_scatter(vae, x: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
+    from matplotlib.figure import Figure
+
+    means = torch.cat([vae.encode(x[i : i + 1000])[0] for i in range(0, x.shape[0], 1000)])
+    projected, explained = principal_components(means.double().cpu())
+    labels = labels.cpu().numpy()
+    figure = Figure(figsize=(6, 5), dpi=_DPI)
+    axes = figure.subplots()
+    for index, label in enumerate(np.unique(labels)):
+        chosen = labels == label
+        axes.scatter(
+            projected[chosen, 0],
+            projected[chosen, 1],
+            s=5,
+            alpha=0.7,
+            color=f"C{index % 10}",
+            label=str(label),
+        )
+    axes.set_xlabel(f"PC 1 of the posterior means ({100 * explained[0]:.0f}% of variance)")
+    axes.set_ylabel(f"PC 2 ({100 * explained[1]:.0f}%)")
+    axes.set_title(f"posterior means of {len(labels)} images (z_dim {vae.z_dim})")
+    axes.legend(markerscale=3, fontsize=8, loc="best", title="label")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
     return path
 
 
@@ -58,14 +325,12 @@ def save_training_curves(history: Sequence, path: str | Path) -> Path:
 
         >>> save_training_curves(result.history, "elbo.png")  # doctest: +SKIP
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [row if isinstance(row, dict) else vars(row) for row in history]
     epochs = [row["epoch"] for row in rows]
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    figure = Figure(figsize=(6, 4), dpi=_DPI)
+    axes = figure.subplots()
     axes.plot(epochs, [row["train_bound"] for row in rows], label="train bound")
     held_out = [
         (row["epoch"], row["held_out_elbo"]) for row in rows if row["held_out_elbo"] is not None
@@ -79,5 +344,4 @@ def save_training_curves(history: Sequence, path: str | Path) -> Path:
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)
-    plt.close(figure)
     return path

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -29,4 +30,76 @@ def test_reconstructions_alternate_original_and_reconstruction_rows(tmp_path):
 def test_training_curves_plot(tmp_path):
     history = [EpochStats(e, -200.0 + 10 * e, -210.0 + 9 * e, 0.1) for e in range(1, 6)]
     pixels = image(pvae.plots.save_training_curves(history, tmp_path / "c.png"))
+    assert pixels.shape == (400, 600) and pixels.std() > 5
+
+
+def tiny_vae(z_dim=3):
+    return pvae.build_vae(784, z_dim=z_dim, hidden_dims=[16])
+
+
+def test_image_table_draws_the_grid_pixel_for_pixel_with_label_margins(tmp_path):
+    images = torch.zeros(2, 3, 784)
+    images[1] = 1.0
+    path = pvae.plots.save_image_table(
+        images, tmp_path / "t.png", row_labels=["first", "second"], column_labels=["x", "y", "z"]
+    )
+    pixels = image(path)
+    # 2 x 3 tiles of 28 + 2 padding pixels, drawn twice as large, with a margin on the left
+    # for the row labels (12 + 8 per character of "second") and a 22-pixel line on top for
+    # the column labels.
+    left = 12 + 8 * 6
+    assert pixels.shape == (22 + 2 * (2 * 30 + 2), left + 2 * (3 * 30 + 2))
+    top_tile = pixels[22 + 4 : 22 + 4 + 56, left + 4 : left + 4 + 56]
+    bottom_tile = pixels[22 + 64 : 22 + 64 + 56, left + 4 : left + 4 + 56]
+    assert top_tile.max() < 10 and bottom_tile.min() > 245
+    assert pixels[:22].std() > 5 and pixels[:, :left].std() > 5  # the labels are drawn
+    # Grey images make a one-channel PNG (half the bytes), colour ones an RGB PNG.
+    assert Image.open(path).mode == "L"
+    colour = pvae.plots.save_image_table(torch.rand(1, 2, 3, 28, 28), tmp_path / "c.png")
+    assert Image.open(colour).mode == "RGB" and image(colour).shape == (
+        2 * (30 + 2),
+        2 * (2 * 30 + 2),
+    )
+    with pytest.raises(ValueError, match="1 row labels for 2 rows"):
+        pvae.plots.save_image_table(images, tmp_path / "u.png", row_labels=["a"])
+    # Two-line column labels take two lines.
+    path = pvae.plots.save_image_table(images, tmp_path / "v.png", column_labels=["a\nb"] * 3)
+    assert image(path).shape == (2 * 22 + 2 * (2 * 30 + 2), 2 * (3 * 30 + 2))
+
+
+def test_interpolations_show_two_rows_per_pair(tmp_path):
+    x = torch.rand(4, 784)
+    pixels = image(pvae.plots.save_interpolations(tiny_vae(), x[:2], x[2:], tmp_path / "i.png"))
+    # 2 pairs x (linear, spherical) rows; start + 8 steps + end columns; both label margins.
+    assert pixels.shape == (22 + 2 * (4 * 30 + 2), 12 + 8 * len("spherical") + 2 * (10 * 30 + 2))
+    assert pixels.std() > 10
+
+
+def test_traversals_show_one_row_per_dimension(tmp_path):
+    path = pvae.plots.save_traversals(tiny_vae(), torch.rand(784), tmp_path / "t.png", dims=[2, 0])
+    pixels = image(path)
+    assert pixels.shape == (22 + 2 * (2 * 30 + 2), 12 + 8 * len("z2") + 2 * (9 * 30 + 2))
+    assert pixels.std() > 10
+
+
+def test_latent_map_is_a_decoded_manifold_for_two_dimensions(tmp_path):
+    x, labels = torch.rand(50, 784), torch.arange(50) % 5
+    path = pvae.plots.save_latent_map(tiny_vae(2), x, labels, tmp_path / "m.png", num_per_side=6)
+    pixels = image(path)
+    # 6 x 6 tiles at scale 1 under a title and the column labels, row labels on the left.
+    assert pixels.shape == (2 * 22 + 6 * 30 + 2, 12 + 8 * len("z1=+1.64") + 6 * 30 + 2)
+    assert pixels.std() > 10
+
+
+def test_latent_map_scatters_projected_posterior_means_otherwise(tmp_path):
+    x, labels = torch.rand(50, 784), torch.arange(50) % 5
+    pixels = image(pvae.plots.save_latent_map(tiny_vae(3), x, labels, tmp_path / "m.png"))
+    assert pixels.shape == (500, 600) and pixels.std() > 5
+
+
+def test_khat_plot(tmp_path):
+    vae = tiny_vae()
+    x = torch.bernoulli(torch.full((10, 784), 0.3))
+    result = pvae.log_likelihood(vae.model, vae.guide, x, 50, seed=0)
+    pixels = image(pvae.plots.plot_khat(result, tmp_path / "k.png"))
     assert pixels.shape == (400, 600) and pixels.std() > 5

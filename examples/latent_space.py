@@ -1,0 +1,162 @@
+"""Explore a VAE's latent space: samples, interpolations, traversals and the latent map.
+
+    python examples/latent_space.py                         # trains a VAE first (MNIST offline)
+    python examples/latent_space.py --checkpoint runs/mnist_svi/checkpoint.pt
+    python examples/latent_space.py --z-dim 2 --out runs/latent_2d    # the decoded manifold
+
+Prints how many latent dimensions the VAE uses (active units: the variance over held-out
+images of a dimension's posterior mean is above 0.01, Burda et al., 2016). Writes into
+--out: samples.png (prior samples), interpolation.png (between held-out digits of two
+classes, linear and spherical, in the latent space), traversal.png (one held-out digit,
+the most active dimensions varied one per row from -3 to 3), latent_map.png (z_dim 2: the
+decoded manifold; larger z_dim: posterior means of the held-out digits on their first two
+principal components, coloured by class) and, when it trains, checkpoint.pt.
+"""
+# test flags: -n 1 --batch-size 500 --z-dim 3 --hidden-dim 32
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import pyro
+import torch
+
+import pvae
+from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
+from pvae.latent import latent_activity
+
+# Pairs of classes to interpolate between (MNIST: 0-6, 1-7, 3-8, 4-9).
+PAIRS = [(0, 6), (1, 7), (3, 8), (4, 9)]
+ACTIVE = 0.01
+
+
+def main(args: argparse.Namespace) -> None:
+    device = pvae.resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    data = load_dataset(args.dataset, args.data_dir)
+    # Held-out digits are binarized once with pvae's fixed seed, as everywhere in pvae.
+    held_out = binarize(data.test_x, seed=HELD_OUT_SEED).to(device)
+    print(f"{data.name} ({data.source}): {held_out.shape[0]} held-out images; device {device}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.checkpoint:
+        vae, state = pvae.load_vae(args.checkpoint, device)
+        if vae.model_args.get("likelihood", "bernoulli") != "bernoulli" or getattr(
+            vae, "num_classes", 0
+        ):
+            raise ValueError(
+                f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE"
+            )
+        print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
+    else:
+        vae = train(args, data.train_x.to(device), held_out, out)
+    vae.eval()
+
+    activity = latent_activity(vae.encode, held_out).cpu()
+    order = activity.argsort(descending=True)
+    print(
+        f"active units: {int((activity > ACTIVE).sum())} of {vae.z_dim} latent dimensions "
+        f"(variance of the posterior mean > {ACTIVE}); most active: "
+        + ", ".join(f"z{d} ({activity[d]:.2f})" for d in order[:5].tolist())
+    )
+    shape = data.image_shape
+    pvae.plots.save_sample_grid(vae.sample(100), out / "samples.png", shape)
+    labels = data.test_y.to(device)
+    pairs = [(a, b) for a, b in PAIRS if (labels == a).any() and (labels == b).any()]
+    starts = torch.stack([held_out[labels == a][0] for a, _ in pairs])
+    ends = torch.stack([held_out[labels == b][0] for _, b in pairs])
+    pvae.plots.save_interpolations(vae, starts, ends, out / "interpolation.png", image_shape=shape)
+    pvae.plots.save_traversals(
+        vae,
+        held_out[0],
+        out / "traversal.png",
+        dims=order[: args.traversal_dims],
+        image_shape=shape,
+    )
+    pvae.plots.save_latent_map(
+        vae, held_out, data.test_y, out / "latent_map.png", image_shape=shape
+    )
+    print(f"wrote samples, interpolation, traversal, latent_map (PNG) to {out}")
+
+
+def train(args, train_x, held_out, out: Path) -> pvae.VAE:
+    vae = pvae.build_vae(
+        x_dim=train_x.shape[1], z_dim=args.z_dim, hidden_dims=[args.hidden_dim]
+    ).to(train_x.device)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+    def report(stats: pvae.EpochStats) -> None:
+        print(
+            f"epoch {stats.epoch:4d}  train ELBO {stats.train_bound:9.2f}  "
+            f"held-out ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)",
+            flush=True,
+        )
+
+    started = time.perf_counter()
+    result = pvae.fit(
+        vae.model,
+        vae.guide,
+        train_x,
+        num_epochs=args.num_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        transform=DynamicBinarization(),
+        held_out=held_out,
+        checkpoint_path=out / "checkpoint.pt",
+        checkpoint_extra=lambda: pvae.vae_state(vae, config=config),
+        on_epoch_end=report,
+    )
+    print(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
+    return vae
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="explore this pvae checkpoint.pt")
+    p.add_argument("--traversal-dims", type=int, default=10, help="rows of traversal.png")
+    p.add_argument("-n", "--num-epochs", type=int, default=100)
+    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--z-dim", type=int, default=20)
+    p.add_argument("--hidden-dim", type=int, default=400)
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="PyTorch CPU threads (0: PyTorch's default); 1, the default, is fastest for these "
+        "small networks when other processes share the cores",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/latent_space")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return p
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+if __name__ == "__main__":
+    arguments = parser().parse_args()
+    warnings.formatwarning = one_line_warning
+    try:
+        main(arguments)
+    except pvae.TrainingInterrupted as stopped:
+        print(f"{stopped}", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    except (ValueError, OSError, pvae.TrainingDiverged) as error:
+        if arguments.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3 if isinstance(error, pvae.TrainingDiverged) else 2)
