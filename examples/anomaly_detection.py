@@ -139,10 +139,16 @@ def load_trained(args, device) -> pvae.VAE:
             f"{config.get('held_out_class')}, dataset={config.get('dataset')}): a VAE that "
             "saw the left-out class cannot be used to detect it"
         )
-    if vae.model_args.get("likelihood", "bernoulli") != "bernoulli" or getattr(
-        vae, "num_classes", 0
+    model_args = vae.model_args
+    if (
+        model_args.get("likelihood", "bernoulli") != "bernoulli"
+        or model_args.get("num_classes")
+        or model_args.get("adversarial")
     ):
-        raise ValueError(f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE")
+        raise ValueError(
+            f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE (not a "
+            "conditional VAE, nor an adversarial autoencoder, which has no likelihood bound)"
+        )
     print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
     return vae
 

@@ -286,12 +286,15 @@ def load_trained(args, device) -> pvae.VAE:
     trained_on = state.get("config", {}).get("dataset", args.dataset)
     if trained_on != args.dataset:
         raise ValueError(f"{args.checkpoint} was trained on {trained_on}, not {args.dataset}")
-    if vae.model_args.get("likelihood", "bernoulli") != "bernoulli" or getattr(
-        vae, "num_classes", 0
+    model_args = vae.model_args
+    if (
+        model_args.get("likelihood", "bernoulli") != "bernoulli"
+        or model_args.get("num_classes")
+        or model_args.get("adversarial")
     ):
         raise ValueError(
-            f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE "
-            "(it completes binarized digits)"
+            f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE (not a "
+            "conditional VAE, nor an adversarial autoencoder, which has no likelihood bound)"
         )
     print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
     return vae

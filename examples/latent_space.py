@@ -49,11 +49,12 @@ def main(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.checkpoint:
         vae, state = pvae.load_vae(args.checkpoint, device)
-        if vae.model_args.get("likelihood", "bernoulli") != "bernoulli" or getattr(
-            vae, "num_classes", 0
+        model_args = vae.model_args
+        if model_args.get("likelihood", "bernoulli") != "bernoulli" or model_args.get(
+            "num_classes"
         ):
             raise ValueError(
-                f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE"
+                f"{args.checkpoint}: this example needs an unconditional Bernoulli model"
             )
         print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
     else:

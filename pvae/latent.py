@@ -113,6 +113,20 @@ def traverse(
 
 
 @torch.no_grad()
+def posterior_means(encode, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The location of q(z|x) for every row of ``x``, encoded ``batch_size`` rows at a time.
+
+    ``encode`` maps a batch of data to ``(loc, scale)``, e.g. ``vae.encode``.
+
+    Example::
+
+        >>> posterior_means(vae.encode, held_out).shape  # doctest: +SKIP
+        torch.Size([1000, 20])
+    """
+    return torch.cat([encode(batch)[0] for batch in x.split(batch_size)])
+
+
+@torch.no_grad()
 def latent_activity(encode, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Variance over the data of each dimension's posterior mean, Cov_x(E_q(z|x)[z_d]).
 
@@ -128,8 +142,7 @@ def latent_activity(encode, x: torch.Tensor, batch_size: int = 1000) -> torch.Te
         >>> int((activity > 0.01).sum())  # active units  # doctest: +SKIP
         17
     """
-    means = torch.cat([encode(x[i : i + batch_size])[0] for i in range(0, x.shape[0], batch_size)])
-    return means.var(dim=0)
+    return posterior_means(encode, x, batch_size).var(dim=0)
 
 
 def principal_components(z: torch.Tensor, num_components: int = 2):

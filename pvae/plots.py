@@ -16,7 +16,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from pvae.iwae import plot_khat
-from pvae.latent import interpolate, principal_components, traverse
+from pvae.latent import interpolate, posterior_means, principal_components, traverse
 
 __all__ = [
     "plot_khat",
@@ -184,7 +184,7 @@ def save_interpolations(
         torch.stack(rows),
         path,
         row_labels=labels,
-        column_labels=["start", *(f"t={t}" for t in steps[:1]), *steps[1:], "end"],
+        column_labels=["start", f"t={steps[0]}", *steps[1:], "end"],
         image_shape=image_shape,
     )
 
@@ -269,7 +269,7 @@ def save_latent_map(
             z0, z1 = torch.meshgrid(quantiles[0], quantiles[1].flip(0), indexing="xy")
             codes = torch.stack([z0, z1], dim=-1)
             row_labels = [f"z1={v:+.2f}" for v in quantiles[1].flip(0).tolist()]
-        decoded = vae.decode(codes.to(_device(vae)))
+        decoded = vae.decode(codes.to(x.device))
         return save_image_table(
             decoded,
             path,
@@ -282,15 +282,10 @@ def save_latent_map(
     return _save_latent_scatter(vae, x, labels, path)
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    tensor = next(iter(module.parameters()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
 def _save_latent_scatter(vae, x: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
-    means = torch.cat([vae.encode(x[i : i + 1000])[0] for i in range(0, x.shape[0], 1000)])
+    means = posterior_means(vae.encode, x)
     projected, explained = principal_components(means.double().cpu())
     labels = labels.cpu().numpy()
     figure = Figure(figsize=(6, 5), dpi=_DPI)

@@ -56,3 +56,29 @@ def test_a_trained_vae_finds_images_unlike_its_training_data():
     is_anomaly = torch.arange(200) >= 100
     for score in anomaly_scores(vae, x, num_samples=20).as_dict().values():
         assert auroc(score, is_anomaly) > 0.95
+
+
+def example_module(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_refuses_a_checkpoint_that_saw_the_left_out_class(tmp_path):
+    example = example_module("anomaly_detection")
+    vae = pvae.build_vae(784, z_dim=2, hidden_dims=[8])
+    config = {"held_out_class": 3, "dataset": "mnist"}
+    path = pvae.save_checkpoint(tmp_path / "c.pt", pvae.vae_state(vae, config=config))
+    args = example.parser().parse_args(["--checkpoint", str(path), "--held-out-class", "3"])
+    assert example.load_trained(args, "cpu").z_dim == 2
+    args.held_out_class = 0
+    with pytest.raises(ValueError, match="cannot be used to detect it"):
+        example.load_trained(args, "cpu")
+    unlabelled = pvae.save_checkpoint(tmp_path / "d.pt", pvae.vae_state(vae))  # e.g. mnist_svi's
+    with pytest.raises(ValueError, match="held_out_class=None"):
+        example.load_trained(example.parser().parse_args(["--checkpoint", str(unlabelled)]), "cpu")
