@@ -35,16 +35,14 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 import time
-import traceback
-import warnings
 from pathlib import Path
 
 import pyro
 import torch
 
 import pvae
+from pvae.cli import run_script
 from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
 from pvae.imputation import fill_missing, impute_importance, impute_nuts
 
@@ -331,20 +329,5 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
 if __name__ == "__main__":
-    arguments = parser().parse_args()
-    warnings.formatwarning = one_line_warning
-    try:
-        main(arguments)
-    except pvae.TrainingInterrupted as stopped:
-        print(f"{stopped}", file=sys.stderr)
-        sys.exit(128 + stopped.signum)
-    except (ValueError, OSError, pvae.TrainingDiverged) as error:
-        if arguments.debug:
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, pvae.TrainingDiverged) else 2)
+    run_script(main, parser().parse_args())

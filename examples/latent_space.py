@@ -17,16 +17,14 @@ principal components, coloured by class) and, when it trains, checkpoint.pt.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-import traceback
-import warnings
 from pathlib import Path
 
 import pyro
 import torch
 
 import pvae
+from pvae.cli import run_script
 from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
 from pvae.latent import latent_activity
 
@@ -144,20 +142,5 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
 if __name__ == "__main__":
-    arguments = parser().parse_args()
-    warnings.formatwarning = one_line_warning
-    try:
-        main(arguments)
-    except pvae.TrainingInterrupted as stopped:
-        print(f"{stopped}", file=sys.stderr)
-        sys.exit(128 + stopped.signum)
-    except (ValueError, OSError, pvae.TrainingDiverged) as error:
-        if arguments.debug:
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, pvae.TrainingDiverged) else 2)
+    run_script(main, parser().parse_args())

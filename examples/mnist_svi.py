@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-import traceback
-import warnings
 from pathlib import Path
 
 import pyro
 import torch
 
 import pvae
+from pvae.cli import run_script
 from pvae.config import Config, parse_yaml, read_config_file, save_config
 from pvae.data import load_dataset
 
@@ -222,20 +220,5 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
-
-
 if __name__ == "__main__":
-    arguments = parser().parse_args()
-    warnings.formatwarning = one_line_warning
-    try:
-        main(arguments)
-    except pvae.TrainingInterrupted as stopped:
-        print(f"{stopped} (continue with --resume {stopped.checkpoint})", file=sys.stderr)
-        sys.exit(128 + stopped.signum)
-    except (ValueError, OSError, pvae.TrainingDiverged) as error:
-        if arguments.debug:
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3 if isinstance(error, pvae.TrainingDiverged) else 2)
+    run_script(main, parser().parse_args(), resume_flag="--resume")

@@ -174,6 +174,33 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def run_script(main, arguments, resume_flag: str | None = None) -> None:
+    """Run an example's ``main(arguments)`` the way every pvae script reports problems.
+
+    Warnings print as one line; bad input (ValueError, OSError) and divergence print one
+    ``error:`` line (the traceback too with ``--debug``) and exit 2 or 3; an interrupt prints
+    where the checkpoint went (and ``resume_flag`` to continue) and exits 128 + the signal.
+
+    Example::
+
+        >>> run_script(main, parser().parse_args(), resume_flag="--resume")  # doctest: +SKIP
+    """
+    from pvae.train import TrainingDiverged, TrainingInterrupted
+
+    warnings.formatwarning = _one_line_warning
+    try:
+        main(arguments)
+    except TrainingInterrupted as stopped:
+        hint = f" (continue with {resume_flag} {stopped.checkpoint})" if resume_flag else ""
+        print(f"{stopped}{hint}", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    except (ValueError, OSError, TrainingDiverged) as error:
+        if getattr(arguments, "debug", False):
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3 if isinstance(error, TrainingDiverged) else 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
