@@ -295,7 +295,7 @@ def fit(
     if isinstance(elbo, ReparameterizedELBO):
         elbo.cache_parameters(params)
     if optimizer is None:
-        optimizer = torch.optim.Adam(params.values(), lr=learning_rate, foreach=True)
+        optimizer = adam(list(params.values()), learning_rate)
 
     state = _Progress(seed=base_seed)
     if saved is not None:
@@ -401,6 +401,27 @@ def fit(
             if on_epoch_end is not None:  # on every rank: it may update the model (warm-up)
                 on_epoch_end(stats)
     return FitResult(history=state.history, optimizer=optimizer, num_steps=state.num_steps)
+
+
+_FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
+
+
+def adam(params: list[torch.Tensor], learning_rate: float) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with its fused kernel where the parameters allow it.
+
+    One fused kernel updates every tensor at once: on this project's 2-core CPU a step for
+    the benchmark's 784-400-50 VAE took about 0.3 ms against 1.1 ms for the default
+    per-tensor loop, a tenth of a batch-256 training step (benchmarks/RESULTS.md). The
+    update is Adam's; only the floating-point rounding differs.
+
+    Example::
+
+        >>> optimizer = adam([torch.zeros(3, requires_grad=True)], 1e-3)
+    """
+    fusable = all(p.is_floating_point() and p.device.type in _FUSED_ADAM_DEVICES for p in params)
+    if fusable:
+        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+    return torch.optim.Adam(params, lr=learning_rate, foreach=True)
 
 
 def _permutation(num_data: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:

@@ -170,3 +170,22 @@ def test_parameters_on_another_device_than_the_data_are_reported():
     x = torch.bernoulli(torch.full((32, 20), 0.3))
     with pytest.raises((ValueError, RuntimeError, NotImplementedError)):
         pvae.fit(vae.model, vae.guide, x, num_epochs=1, batch_size=16)
+
+
+def test_default_optimizer_is_fused_adam_with_the_same_updates_as_plain_adam():
+    torch.manual_seed(0)
+    weights = [torch.randn(7, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    twins = [w.detach().clone().requires_grad_() for w in weights]
+    fused, plain = pvae.train.adam(weights, 1e-2), torch.optim.Adam(twins, lr=1e-2)
+    assert fused.defaults["fused"]
+    for _ in range(20):
+        for params, optimizer in ((weights, fused), (twins, plain)):
+            optimizer.zero_grad()
+            sum((w.sin() * w).sum() for w in params).backward()
+            optimizer.step()
+    for w, twin in zip(weights, twins, strict=True):
+        torch.testing.assert_close(w, twin, rtol=1e-10, atol=1e-12)
+    integer = torch.zeros(3, dtype=torch.int64)
+    assert not pvae.train.adam([torch.zeros(2, requires_grad=True), integer], 1e-3).defaults[
+        "fused"
+    ]
