@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-data", type=int, default=1000)
     p.add_argument("--data-chunk", type=int, default=100)
     p.add_argument("--particle-chunk", type=int, default=1000)
-    p.add_argument("--memory-k", type=int, nargs="+", default=[100, 1000, 5000])
+    p.add_argument("--memory-k", type=int, nargs="*", default=[100, 1000, 5000])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--z-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, default=400)

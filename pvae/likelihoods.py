@@ -90,6 +90,27 @@ class _DataPreparation:
         return x
 
 
+class BinaryBernoulli(dist.Bernoulli):
+    """``Bernoulli(logits=...)`` whose ``log_prob`` takes one pass over the pixels.
+
+    On binary x, log p(x) = log sigmoid((2x - 1) · logits): the value of
+    ``-binary_cross_entropy_with_logits`` (more accurate where |logits| is large, as it
+    never subtracts two large numbers), without BCE's extra passes and the negation of the
+    full-size result, which cost about a third of an IWAE evaluation of an MNIST decoder
+    on the CPU. Only for 0/1 data, as :meth:`BernoulliLikelihood.check_data` ensures.
+
+    Example::
+
+        >>> BinaryBernoulli(logits=torch.zeros(2)).log_prob(torch.tensor([0.0, 1.0]))
+        tensor([-0.6931, -0.6931])
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return functional.logsigmoid((2 * value - 1) * self.logits)
+
+
 class BernoulliLikelihood(_DataPreparation, nn.Module):
     """Independent Bernoulli pixels parameterized by logits, for binary data.
 
@@ -108,7 +129,7 @@ class BernoulliLikelihood(_DataPreparation, nn.Module):
 
     def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
         # Support checks belong to check_data, once, not to every training step.
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(event_dim)
+        return BinaryBernoulli(logits=logits, validate_args=False).to_event(event_dim)
 
     def mean(self, logits: torch.Tensor, event_dim: int = 1) -> torch.Tensor:
         return torch.sigmoid(logits)

@@ -11,6 +11,7 @@ import pvae
 from pvae.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
+    BinaryBernoulli,
     ContinuousBernoulliLikelihood,
     Dequantized,
     DiscretizedLogistic,
@@ -64,6 +65,23 @@ def test_bernoulli_sums_to_one_over_all_binary_vectors():
     d = BernoulliLikelihood()(logits, event_dim=1)
     points = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=torch.float64)
     assert d.log_prob(points).exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_binary_bernoulli_is_bernoulli_log_pmf_and_its_gradient():
+    logits = torch.tensor([-80.0, -20.0, -3.0, 0.0, 0.5, 3.0, 20.0, 80.0], dtype=torch.float64)
+    logits = logits.repeat(2, 1).requires_grad_()
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64).expand(2, 8)
+    fast = BinaryBernoulli(logits=logits).log_prob(x)
+    # Exact log-pmf, computed so that no large numbers cancel: log sigmoid(±logit).
+    exact = torch.where(
+        x == 1, -torch.nn.functional.softplus(-logits), -torch.nn.functional.softplus(logits)
+    )
+    torch.testing.assert_close(fast, exact, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        fast, dist.Bernoulli(logits=logits).log_prob(x), rtol=1e-6, atol=1e-9
+    )
+    (grad,) = torch.autograd.grad(fast.sum(), logits)
+    torch.testing.assert_close(grad, x - torch.sigmoid(logits))
 
 
 @pytest.mark.parametrize("logit", [-30.0, -3.0, -0.001, 0.0, 0.002, 1.0, 8.0])
