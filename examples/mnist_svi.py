@@ -129,6 +129,7 @@ def main(args: argparse.Namespace) -> None:
         transform=likelihood.train_transform(),
         held_out=held_out,
         clip_norm=config.clip_norm,
+        precision=config.precision,
         csv_path=out / "history.csv",
         checkpoint_path=out / "checkpoint.pt",
         checkpoint_extra=lambda: pvae.vae_state(vae, config=config.to_dict()),
@@ -213,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     setting("--device", help="auto (CUDA when there is a GPU), cpu, cuda")
     p.add_argument("--cuda", action="store_true", default=False, help="same as --device cuda")
     setting("--clip-norm", type=float, help="clip gradient norm")
+    setting("--precision", help="float32 (exact, default), tf32 (GPU matmuls) or bfloat16")
     p.add_argument("--resume", default=None, help="continue from this checkpoint.pt")
     setting("--seed", type=int)
     setting("--out")

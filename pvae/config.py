@@ -34,6 +34,7 @@ from pvae.guides import GUIDES
 from pvae.likelihoods import LIKELIHOODS
 from pvae.nets import ACTIVATIONS, NETWORKS
 from pvae.objectives import OBJECTIVES
+from pvae.precision import check_precision
 from pvae.priors import PRIORS
 from pvae.registry import options_of
 
@@ -52,7 +53,8 @@ class Config:
     ``adversarial`` with ``adversarial_weight`` and ``discriminator_dims`` (an adversarial
     autoencoder, not an ELBO model).
     Training: ``num_epochs``, ``learning_rate``, ``batch_size``, ``objective``,
-    ``num_particles``, ``clip_norm``, ``seed``. Evaluation and output: ``iwae_samples`` (K of
+    ``num_particles``, ``clip_norm``, ``seed``, ``precision`` (``float32``, ``tf32`` or
+    ``bfloat16``; see :mod:`pvae.precision`). Evaluation and output: ``iwae_samples`` (K of
     the held-out IWAE bound), ``digit`` (the class a conditional VAE draws), ``dataset``,
     ``data_dir``, ``device``, ``out``.
     """
@@ -81,6 +83,7 @@ class Config:
     num_particles: int = 1
     clip_norm: float | None = None
     seed: int = 0
+    precision: str = "float32"
     iwae_samples: int = 1000
     digit: int | None = None
     dataset: str = "mnist"
@@ -193,6 +196,7 @@ class Config:
             value = getattr(self, key)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{key} must be a positive number, got {value}")
+        check_precision(self.precision)
         self._check_consistency()
 
     def _check_consistency(self) -> None:

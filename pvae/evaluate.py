@@ -13,13 +13,16 @@ def _as_tuple(data) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def estimate_elbo(model, guide, data, batch_size: int = 1000, num_particles: int = 1) -> float:
+def estimate_elbo(
+    model, guide, data, batch_size: int = 1000, num_particles: int = 1, device=None
+) -> float:
     """Mean per-datapoint ELBO (nats) of ``data``, one Monte Carlo estimate per datapoint.
 
     ``data`` is a tensor or a tuple of tensors passed to ``model(*batch)``; it is evaluated in
     chunks of ``batch_size`` and nothing is dropped. Sites outside the ``"data"`` plate (global
     latents) would be counted once per chunk: this is a per-datapoint figure for models whose
-    latents are all local, as a VAE's are.
+    latents are all local, as a VAE's are. With ``device``, chunks are copied there first
+    (data in host memory, networks on the GPU).
 
     Example::
 
@@ -28,12 +31,13 @@ def estimate_elbo(model, guide, data, batch_size: int = 1000, num_particles: int
     """
     tensors = _as_tuple(data)
     num_data = tensors[0].shape[0]
-    first = tuple(t[:2] for t in tensors)
+    device = tensors[0].device if device is None else torch.device(device)
+    first = tuple(t[:2].to(device) for t in tensors)
     elbo = make_objective("elbo", num_particles, inspect_model(model, guide, *first))
-    total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     with pyro.validation_enabled(False):
         for start in range(0, num_data, batch_size):
-            chunk = tuple(t[start : start + batch_size] for t in tensors)
+            chunk = tuple(t[start : start + batch_size].to(device) for t in tensors)
             # Scale 1 per datapoint, whatever size the model declares for its data plate.
             per_point = ScaleDataPlate(chunk[0].shape[0])
             loss = elbo.differentiable_loss(per_point(model), per_point(guide), *chunk)

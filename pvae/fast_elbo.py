@@ -47,6 +47,8 @@ class _Accumulate(Messenger):
         if msg["type"] != "sample" or site_is_subsample(msg):
             return
         log_prob = msg["fn"].log_prob(msg["value"])
+        if log_prob.dtype in (torch.float16, torch.bfloat16):  # under autocast: sum in float32
+            log_prob = log_prob.float()
         self.total = self.total + scale_and_mask(log_prob, msg["scale"], msg["mask"]).sum()
         if not msg["is_observed"]:
             self.values[msg["name"]] = msg["value"]

@@ -19,14 +19,17 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from pvae.batches import DeviceBatches, HostBatches
 from pvae.checkpoint import load_checkpoint, save_checkpoint
 from pvae.data import check_data
+from pvae.device import resolve_device
 from pvae.distributed import Cluster, connect
 from pvae.evaluate import _as_tuple, estimate_elbo
 from pvae.fast_elbo import ReparameterizedELBO
 from pvae.fast_elbo import supports as supports_fast_elbo
 from pvae.objectives import ScaleDataPlate, inspect_model, make_objective
 from pvae.plates import trace_pair
+from pvae.precision import autocast, check_precision, matmul_precision
 from pvae.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
 
 
@@ -108,8 +111,9 @@ def _check_devices(params: list[torch.Tensor], device: torch.device) -> None:
     elsewhere = {str(p.device) for p in params if p.device != device}
     if elsewhere:
         raise ValueError(
-            f"the data are on {device} but some parameters are on {', '.join(sorted(elsewhere))}: "
-            "move the networks and the data to one device, e.g. vae.to(device) and x.to(device)"
+            f"training runs on {device} (the data's device unless device= is given) but some "
+            f"parameters are on {', '.join(sorted(elsewhere))}: move the networks there, e.g. "
+            "vae.to(device)"
         )
 
 
@@ -188,6 +192,8 @@ def fit(
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
     resume: str | Path | dict | None = None,
     distributed: bool | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "float32",
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool | None = None,
 ) -> FitResult:
@@ -228,6 +234,14 @@ def fit(
             every global minibatch of ``batch_size``; gradients are summed across processes
             each step, so all keep the same parameters. Only rank 0 writes the CSV and the
             checkpoint; ``on_epoch_end`` runs on every rank (print from rank 0 only).
+        device: where the steps run (default: the data's device). Data in host memory with
+            ``device="cuda"`` stay there, for data larger than the GPU's memory: every
+            minibatch is gathered into pinned memory and copied without blocking, the next
+            one while the current step computes (:class:`pvae.batches.HostBatches`);
+            ``held_out`` is copied in chunks.
+        precision: ``"float32"`` (exact, the default), ``"tf32"`` (TensorFloat-32 matrix
+            products on GPUs that have it) or ``"bfloat16"`` (model and guide under
+            ``torch.autocast``); see :mod:`pvae.precision`.
         on_epoch_end: called with each epoch's :class:`EpochStats`.
 
     Raises:
@@ -244,9 +258,11 @@ def fit(
         -105.3
     """
     tensors = _as_tuple(data)
+    device = _training_device(tensors[0].device, device)
     _check_arguments(tensors, num_epochs, batch_size, learning_rate)
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    check_precision(precision)
     held_out_tensors = _as_tuple(held_out) if held_out is not None else None
     if held_out_tensors is not None:
         check_data(held_out_tensors[0], name="held-out data")
@@ -257,7 +273,12 @@ def fit(
         raise ValueError("the checkpoint to resume from holds no training state (not from fit)")
 
     num_data = tensors[0].shape[0]
-    device = tensors[0].device
+    if device == tensors[0].device:
+        batches = DeviceBatches(tensors)
+    else:
+        batches = HostBatches(tensors, device, batch_size)
+    # The minibatch order lives where the rows are gathered.
+    order_device = batches.tensors[0].device
     cluster = connect(device, distributed)
     if cluster.active and batch_size < cluster.world_size:
         raise ValueError(
@@ -271,7 +292,7 @@ def fit(
     if seed is not None or cluster.active:
         pyro.set_rng_seed(base_seed + cluster.rank)
 
-    first = _transformed(tuple(t[:batch_size] for t in tensors), transform)
+    first = _transformed(tuple(t[:batch_size].to(device) for t in tensors), transform)
     _check_support(model, transform, tensors[0], first[0])
     with pyro.validation_enabled(True):
         traces = trace_pair(model, guide, *first)
@@ -303,7 +324,7 @@ def fit(
         optimizer.load_state_dict(saved["optimizer"])
         state = _Progress.from_dict(saved["training"])
         if state.order is not None:
-            state.order, state.loss_sum = state.order.to(device), state.loss_sum.to(device)
+            state.order, state.loss_sum = state.order.to(order_device), state.loss_sum.to(device)
         _restore_rng(saved["rng"], cluster, state)
 
     def save(path) -> None:
@@ -329,23 +350,26 @@ def fit(
     no_stop, stop_flag = torch.zeros(1, device=device), torch.ones(1, device=device)
 
     def step(
-        global_indices: torch.Tensor, stop_requested: bool
+        global_indices: torch.Tensor, upcoming: torch.Tensor, stop_requested: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on this rank's share; returns its loss and the summed stop flag."""
+        """One optimizer step on this rank's share; returns its loss and the summed stop flag.
+        ``upcoming`` are the next step's global indices, to fetch while this one computes."""
         optimizer.zero_grad(set_to_none=True)
         indices = cluster.shard(global_indices)
         loss = torch.zeros((), device=device)
         if indices.numel() > 0:
             # Scaled so that the losses of all ranks sum to the global batch's estimate.
             scale.num_data = num_data * indices.numel() / global_indices.numel()
-            batch = _transformed(tuple(t[indices] for t in tensors), transform)
-            loss = elbo.differentiable_loss(scaled_model, scaled_guide, *batch)
+            batch = _transformed(batches.get(indices), transform)
+            with autocast(precision, device):
+                loss = elbo.differentiable_loss(scaled_model, scaled_guide, *batch)
             loss.backward()
         stops = cluster.sum_gradients(param_list, stop_flag if stop_requested else no_stop)
         if clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(param_list, clip_norm)
             loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
         optimizer.step()
+        batches.prefetch(cluster.shard(upcoming))
         return loss.detach(), stops
 
     log = _CsvLog(csv_path if cluster.is_main else None, state.history)
@@ -353,17 +377,19 @@ def fit(
     show = (progress_enabled() if progress is None else progress) and cluster.is_main
     remaining = max(num_epochs - state.epoch, 0) * steps_per_epoch - state.epoch_steps
     bar = tqdm(total=max(remaining, 0), disable=not show, unit="step", leave=False)
-    with bar, pyro.validation_enabled(False), StopRequests() as stop:
+    with bar, pyro.validation_enabled(False), matmul_precision(precision), StopRequests() as stop:
         while state.epoch < num_epochs:
             started = time.perf_counter()
             if state.order is None:
-                state.order = _permutation(num_data, state.seed, state.epoch, device)
+                state.order = _permutation(num_data, state.seed, state.epoch, order_device)
                 state.next_start, state.epoch_steps = 0, 0
                 # Losses stay on the device and are read once per epoch: no sync per step.
                 state.loss_sum = torch.zeros((), device=device)
             while state.next_start < num_data:
-                indices = state.order[state.next_start : state.next_start + batch_size]
-                loss, stops = step(indices, stop.received is not None)
+                start = state.next_start
+                indices = state.order[start : start + batch_size]
+                upcoming = state.order[start + batch_size : start + 2 * batch_size]
+                loss, stops = step(indices, upcoming, stop.received is not None)
                 state.loss_sum += loss
                 state.next_start += batch_size
                 state.epoch_steps += 1
@@ -388,7 +414,7 @@ def fit(
                 )
             held_out_elbo = None
             if held_out_tensors is not None:
-                held_out_elbo = _held_out_elbo(model, guide, held_out_tensors, cluster)
+                held_out_elbo = _held_out_elbo(model, guide, held_out_tensors, cluster, device)
             state.epoch += 1
             state.order = None
             stats = EpochStats(
@@ -424,6 +450,17 @@ def adam(params: list[torch.Tensor], learning_rate: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=learning_rate, foreach=True)
 
 
+def _training_device(data_device: torch.device, device) -> torch.device:
+    """Where the steps run: the data's device unless ``device`` says otherwise."""
+    device = data_device if device is None else resolve_device(device)
+    if device != data_device and data_device.type != "cpu":
+        raise ValueError(
+            f"the data are on {data_device} and device is {device}: training streams "
+            "minibatches from host memory only; move the data to the CPU or to the device"
+        )
+    return device
+
+
 def _permutation(num_data: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
     """The minibatch order of an epoch: a function of the seed and the epoch alone.
 
@@ -446,13 +483,14 @@ def _stop_now(stop: StopRequests, stops: torch.Tensor, cluster: Cluster, num_ste
     return num_steps % _STOP_CHECK_EVERY == 0 and bool(stops.item() > 0)
 
 
-def _held_out_elbo(model, guide, tensors, cluster: Cluster) -> float:
+def _held_out_elbo(model, guide, tensors, cluster: Cluster, device: torch.device) -> float:
     """Mean per-datapoint held-out ELBO, each rank evaluating a contiguous shard."""
     num_data = tensors[0].shape[0]
     start, end = cluster.rows(num_data)
-    total = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     if end > start:
-        total += estimate_elbo(model, guide, tuple(t[start:end] for t in tensors)) * (end - start)
+        shard = tuple(t[start:end] for t in tensors)
+        total += estimate_elbo(model, guide, shard, device=device) * (end - start)
     return cluster.sum_(total).item() / num_data
 
 

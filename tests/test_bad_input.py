@@ -108,6 +108,16 @@ CASES = {
         ValueError,
         "unknown objective 'renyi': choose one of elbo, meanfield",
     ),
+    "unknown precision": (
+        lambda t, m: fit_vae(ones, precision="float16"),
+        ValueError,
+        "unknown precision 'float16': use one of float32, tf32, bfloat16",
+    ),
+    "data on an accelerator, device elsewhere": (
+        lambda t, m: fit_vae(ones.to("meta"), device="cpu"),
+        ValueError,
+        "streams minibatches from host memory only",
+    ),
     "model without data plate": (
         lambda t, m: pvae.fit(no_plate, lambda x: None, ones),
         ValueError,
