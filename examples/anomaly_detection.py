@@ -31,11 +31,12 @@ from pathlib import Path
 
 import pyro
 import torch
+from _training import train_small_vae
 
 import pvae
 from pvae.anomaly import anomaly_scores, auroc, auroc_interval
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
+from pvae.data import HELD_OUT_SEED, binarize, load_dataset
 
 
 def main(args: argparse.Namespace) -> None:
@@ -67,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
     if args.checkpoint:
         vae = load_trained(args, device)
     else:
-        vae = train(args, train_x, normal.to(device), out)
+        vae = train_small_vae(args, train_x, normal.to(device), out)
     vae.eval()
 
     x = torch.cat([normal, anomalies]).to(device)
@@ -90,37 +91,6 @@ def main(args: argparse.Namespace) -> None:
         for row, flag in enumerate(is_anomaly.tolist()):
             writer.writerow([int(flag), *(f"{column[row]:.4f}" for column in columns)])
     print(f"wrote anomalies.png, roc.png, scores.csv to {out}")
-
-
-def train(args, train_x, held_out, out: Path) -> pvae.VAE:
-    vae = pvae.build_vae(
-        x_dim=train_x.shape[1], z_dim=args.z_dim, hidden_dims=[args.hidden_dim]
-    ).to(train_x.device)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-    def report(stats: pvae.EpochStats) -> None:
-        print(
-            f"epoch {stats.epoch:4d}  train ELBO {stats.train_bound:9.2f}  "
-            f"held-out ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)",
-            flush=True,
-        )
-
-    started = time.perf_counter()
-    result = pvae.fit(
-        vae.model,
-        vae.guide,
-        train_x,
-        num_epochs=args.num_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        transform=DynamicBinarization(),
-        held_out=held_out,
-        checkpoint_path=out / "checkpoint.pt",
-        checkpoint_extra=lambda: pvae.vae_state(vae, config=config),
-        on_epoch_end=report,
-    )
-    print(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
-    return vae
 
 
 def load_trained(args, device) -> pvae.VAE:

@@ -40,10 +40,11 @@ from pathlib import Path
 
 import pyro
 import torch
+from _training import train_small_vae
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
+from pvae.data import HELD_OUT_SEED, binarize, load_dataset
 from pvae.imputation import fill_missing, impute_importance, impute_nuts
 
 MASKS = {"top": "top half", "random": "random 50%"}
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_trained(args, device) if args.checkpoint else train(args, train_x, x, out)
+    vae = load_trained(args, device) if args.checkpoint else train_small_vae(args, train_x, x, out)
     vae.eval()
 
     masks = list(MASKS) if args.mask == "both" else [args.mask]
@@ -246,37 +247,6 @@ def picture_rows(x, observed, completions, count, image_shape) -> torch.Tensor:
         else:
             columns.append(rgb(guess))
     return torch.stack(columns, dim=1)
-
-
-def train(args, train_x, held_out, out: Path) -> pvae.VAE:
-    vae = pvae.build_vae(
-        x_dim=train_x.shape[1], z_dim=args.z_dim, hidden_dims=[args.hidden_dim]
-    ).to(train_x.device)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-    def report_epoch(stats: pvae.EpochStats) -> None:
-        print(
-            f"epoch {stats.epoch:4d}  train ELBO {stats.train_bound:9.2f}  "
-            f"held-out ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)",
-            flush=True,
-        )
-
-    started = time.perf_counter()
-    result = pvae.fit(
-        vae.model,
-        vae.guide,
-        train_x,
-        num_epochs=args.num_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        transform=DynamicBinarization(),
-        held_out=held_out,
-        checkpoint_path=out / "checkpoint.pt",
-        checkpoint_extra=lambda: pvae.vae_state(vae, config=config),
-        on_epoch_end=report_epoch,
-    )
-    print(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
-    return vae
 
 
 def load_trained(args, device) -> pvae.VAE:

@@ -17,15 +17,15 @@ principal components, coloured by class) and, when it trains, checkpoint.pt.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pyro
 import torch
+from _training import train_small_vae
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
+from pvae.data import HELD_OUT_SEED, binarize, load_dataset
 from pvae.latent import latent_activity
 
 # Pairs of classes to interpolate between (MNIST: 0-6, 1-7, 3-8, 4-9).
@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> None:
             )
         print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
     else:
-        vae = train(args, data.train_x.to(device), held_out, out)
+        vae = train_small_vae(args, data.train_x.to(device), held_out, out)
     vae.eval()
 
     activity = latent_activity(vae.encode, held_out).cpu()
@@ -84,37 +84,6 @@ def main(args: argparse.Namespace) -> None:
         vae, held_out, data.test_y, out / "latent_map.png", image_shape=shape
     )
     print(f"wrote samples, interpolation, traversal, latent_map (PNG) to {out}")
-
-
-def train(args, train_x, held_out, out: Path) -> pvae.VAE:
-    vae = pvae.build_vae(
-        x_dim=train_x.shape[1], z_dim=args.z_dim, hidden_dims=[args.hidden_dim]
-    ).to(train_x.device)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-
-    def report(stats: pvae.EpochStats) -> None:
-        print(
-            f"epoch {stats.epoch:4d}  train ELBO {stats.train_bound:9.2f}  "
-            f"held-out ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)",
-            flush=True,
-        )
-
-    started = time.perf_counter()
-    result = pvae.fit(
-        vae.model,
-        vae.guide,
-        train_x,
-        num_epochs=args.num_epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        transform=DynamicBinarization(),
-        held_out=held_out,
-        checkpoint_path=out / "checkpoint.pt",
-        checkpoint_extra=lambda: pvae.vae_state(vae, config=config),
-        on_epoch_end=report,
-    )
-    print(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
-    return vae
 
 
 def parser() -> argparse.ArgumentParser:
