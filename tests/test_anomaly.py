@@ -60,12 +60,17 @@ def test_a_trained_vae_finds_images_unlike_its_training_data():
 
 def example_module(name):
     import importlib.util
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    spec = importlib.util.spec_from_file_location(name, examples / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(examples))  # as when run as a script: its helpers import
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(examples))
     return module
 
 
