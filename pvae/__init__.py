@@ -15,6 +15,7 @@ Example::
 
 from pvae import (
     anomaly,
+    batches,
     config,
     data,
     guides,
@@ -24,6 +25,7 @@ from pvae import (
     nets,
     objectives,
     plots,
+    precision,
     priors,
     variants,
 )
@@ -39,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "anomaly",
+    "batches",
     "imputation",
     "latent",
     "VAE",
@@ -63,6 +66,7 @@ __all__ = [
     "nets",
     "objectives",
     "plots",
+    "precision",
     "priors",
     "resolve_device",
     "save_checkpoint",

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
 
 from pvae.iwae import plot_khat
 from pvae.latent import interpolate, posterior_means, principal_components, traverse
@@ -39,6 +38,14 @@ _LINE_HEIGHT = 22
 _FONT_SIZE = 9
 
 
+def _image_utils():
+    """torchvision.utils, imported when a picture is made: torchvision's import takes about
+    1.5 s (its model zoo pulls in torch._dynamo), which ``import pvae`` need not pay."""
+    from torchvision import utils
+
+    return utils
+
+
 def _as_images(x: torch.Tensor, image_shape: Sequence[int]) -> torch.Tensor:
     return x.detach().float().cpu().reshape(-1, *image_shape)
 
@@ -53,7 +60,9 @@ def save_sample_grid(
         >>> save_sample_grid(vae.sample(100), "samples.png")  # doctest: +SKIP
     """
     path = Path(path)
-    save_image(_as_images(samples, image_shape), path, nrow=nrow, padding=_PADDING, pad_value=0.5)
+    _image_utils().save_image(
+        _as_images(samples, image_shape), path, nrow=nrow, padding=_PADDING, pad_value=0.5
+    )
     return path
 
 
@@ -75,7 +84,7 @@ def save_reconstructions(
     for start in range(0, originals.shape[0], per_row):
         pairs += [originals[start : start + per_row], reconstructions[start : start + per_row]]
     rows = [_as_images(row, image_shape) for row in pairs]
-    save_image(torch.cat(rows), path, nrow=per_row, padding=_PADDING, pad_value=0.5)
+    _image_utils().save_image(torch.cat(rows), path, nrow=per_row, padding=_PADDING, pad_value=0.5)
     return path
 
 
@@ -114,7 +123,7 @@ def save_image_table(
     if tiles.dim() == 3:
         tiles = tiles.reshape(num_rows, num_columns, *image_shape)
     tiles = tiles.reshape(num_rows * num_columns, *tiles.shape[2:]).clamp(0, 1)
-    grid = make_grid(tiles, nrow=num_columns, padding=_PADDING, pad_value=1.0)
+    grid = _image_utils().make_grid(tiles, nrow=num_columns, padding=_PADDING, pad_value=1.0)
     tile_height, tile_width = tiles.shape[-2] + _PADDING, tiles.shape[-1] + _PADDING
     grid_height, grid_width = grid.shape[1] * scale, grid.shape[2] * scale
     left = _LABEL_GAP + _CHAR_WIDTH * max(map(len, row_labels)) if row_labels else 0

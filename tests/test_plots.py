@@ -103,3 +103,14 @@ def test_khat_plot(tmp_path):
     result = pvae.log_likelihood(vae.model, vae.guide, x, 50, seed=0)
     pixels = image(pvae.plots.plot_khat(result, tmp_path / "k.png"))
     assert pixels.shape == (400, 600) and pixels.std() > 5
+
+
+def test_import_pvae_leaves_torchvision_for_when_a_picture_is_made():
+    """torchvision's import costs about 1.5 s (its model zoo); the CLI and scripts that make
+    no picture should not pay it."""
+    import subprocess
+    import sys
+
+    check = "import sys, pvae; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
