@@ -256,14 +256,20 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean of p(x|z) for a batch ``z`` [n, z_dim] (e.g. pixel probabilities), laid out as
-        ``x_shape``; a conditional VAE decodes for labels ``y`` (see :meth:`sample`)."""
-        cond = self._labels(y, z.shape[0], z.device)
+        """Mean of p(x|z) for codes ``z`` [..., z_dim] (e.g. pixel probabilities), shaped
+        [..., *x_shape]; a conditional VAE decodes for labels ``y``: one label, one per code
+        (shape ``z.shape[:-1]``), or None for every class in turn (see :meth:`sample`)."""
         shape = self.x_shape
         if shape is None:
             raise ValueError("the VAE does not know the data's shape: pass x_shape")
-        params = self._likelihood_params(z, cond, shape)
-        return self.likelihood.mean(params, event_dim=len(shape))
+        batch = z.shape[:-1]
+        codes = z.reshape(-1, z.shape[-1])
+        if y is not None and torch.as_tensor(y).shape == batch:
+            y = torch.as_tensor(y).reshape(-1)
+        cond = self._labels(y, codes.shape[0], z.device)
+        params = self._likelihood_params(codes, cond, shape)
+        mean = self.likelihood.mean(params, event_dim=len(shape))
+        return mean.reshape(*batch, *mean.shape[1:])
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -135,6 +135,18 @@ def test_conditional_vae_feeds_the_label_to_encoder_and_decoder():
     assert vae.reconstruct(x, y).shape == (4, X_DIM)
 
 
+def test_conditional_decode_takes_codes_of_any_batch_shape():
+    vae = pvae.build_vae(X_DIM, 2, [8], num_classes=3)
+    z = torch.randn(4, 5, 2)
+    labels = torch.tensor([0, 2, 1, 1, 0]).expand(4, 5)
+    grid = vae.decode(z, labels)
+    assert grid.shape == (4, 5, X_DIM)
+    for row in range(4):
+        torch.testing.assert_close(grid[row], vae.decode(z[row], labels[row]))
+    torch.testing.assert_close(vae.decode(z, 2), vae.decode(z, torch.full((4, 5), 2)))
+    assert vae.decode(z).shape == (4, 5, X_DIM)  # every class in turn
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
