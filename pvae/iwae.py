@@ -26,6 +26,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from pvae.device import resolve_device
 from pvae.distributed import connect
 from pvae.log_weights import PARTICLE_PLATE, data_frame, per_datapoint_log_prob, sample_sites
 from pvae.plates import inspect_model
@@ -121,6 +122,7 @@ def log_likelihood(
     seed: int | None = None,
     max_log_weights: int = _MAX_LOG_WEIGHTS,
     distributed: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> LogLikelihood:
     """IWAE_K estimate of log p(x) for every datapoint, with the ELBO, ESS and Pareto k-hat.
 
@@ -141,6 +143,8 @@ def log_likelihood(
     once: it is computed when ``data_chunk * K <= max_log_weights`` and is NaN otherwise.
     Under torchrun (or ``distributed=True``) each process scores a contiguous share of the
     datapoints and every process gets the gathered result, the same as a single process's.
+    With ``device`` (where model and guide run; default: the data's device), data kept in
+    host memory are copied to it one data chunk at a time.
 
     Example::
 
@@ -150,7 +154,7 @@ def log_likelihood(
     """
     tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
     num_data = _check_arguments(tensors, num_samples, particle_chunk, data_chunk, seed)
-    device = tensors[0].device
+    device = tensors[0].device if device is None else resolve_device(device)
     draws_per_call = _DRAWS_PER_CALL["cuda" if device.type == "cuda" else "cpu"]
     if particle_chunk is None:
         particle_chunk = min(num_samples, _PARTICLE_BLOCK)
@@ -171,7 +175,7 @@ def log_likelihood(
         torch.no_grad(),
         pyro.validation_enabled(False),
     ):
-        nesting = inspect_model(model, guide, *(t[:2] for t in tensors))
+        nesting = inspect_model(model, guide, *_rows(tensors, 0, 2, device))
         shard = _score_rows(
             model,
             guide,
@@ -183,6 +187,7 @@ def log_likelihood(
             particle_chunk,
             data_chunk,
             max_log_weights,
+            device,
         )
     shards = cluster.gather_objects(shard)
     per_datapoint, elbo, ess, khat = (torch.cat([part[i] for part in shards]) for i in range(4))
@@ -227,18 +232,19 @@ def _score_rows(
     particle_chunk,
     data_chunk,
     max_log_weights,
+    device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """IWAE, ELBO, ESS and k-hat (CPU float64) of these rows; block ids start at first_block."""
-    num_data, device = tensors[0].shape[0], tensors[0].device
+    num_data = tensors[0].shape[0]
     per_datapoint, elbo, ess = (
         torch.empty(num_data, dtype=torch.float64, device="cpu") for _ in range(3)
     )
     khat = torch.full((num_data,), math.nan, dtype=torch.float64, device="cpu")
     khat_note = ""
-    draws = _GuideDraws(guide, tensors, num_samples, nesting, seed, first_block)
+    draws = _GuideDraws(guide, tensors, num_samples, nesting, seed, device, first_block)
     for n0 in range(0, num_data, data_chunk):
         n1 = min(n0 + data_chunk, num_data)
-        batch = tuple(t[n0:n1] for t in tensors)
+        batch = _rows(tensors, n0, n1, device)
         stats = _LogWeightStats(n1 - n0, device)
         keep = _PSIS_MIN_SAMPLES <= num_samples <= max_log_weights // (n1 - n0)
         kept = []
@@ -301,11 +307,11 @@ class _LogWeightStats:
 class _GuideDraws:
     """Guide draws and log q for any chunk, made per canonical block under the block's seed."""
 
-    def __init__(self, guide, tensors, num_samples: int, nesting: int, seed: int, first_block=0):
+    def __init__(self, guide, tensors, num_samples, nesting, seed, device, first_block=0):
         self.guide, self.tensors, self.nesting, self.seed = guide, tensors, nesting, seed
         self.first_block = first_block  # global index of the first data block here
         self.num_data, self.num_samples = tensors[0].shape[0], num_samples
-        self.device = tensors[0].device
+        self.device = device
         self.cache: dict[tuple[int, int], tuple[dict, dict, torch.Tensor]] = {}
 
     def chunk(self, n0: int, n1: int, p0: int, p1: int) -> tuple[dict, torch.Tensor]:
@@ -344,7 +350,7 @@ class _GuideDraws:
         key = np.random.SeedSequence(block).generate_state(1, np.uint64)[0]
         torch.manual_seed(int(key) >> 1)  # 63 bits: a seed every device accepts
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(self.nesting + 1)):
-            trace = poutine.trace(self.guide).get_trace(*(t[n0:n1] for t in self.tensors))
+            trace = poutine.trace(self.guide).get_trace(*_rows(self.tensors, n0, n1, self.device))
         log_q = torch.zeros(num_particles, n1 - n0, dtype=torch.float64, device=self.device)
         values, axes = {}, {}
         for name, site in sample_sites(trace):
@@ -352,6 +358,11 @@ class _GuideDraws:
             if not site["is_observed"]:
                 values[name], axes[name] = _full_value(site, self.nesting, num_particles, n1 - n0)
         return values, axes, log_q
+
+
+def _rows(tensors, start: int, end: int, device) -> tuple[torch.Tensor, ...]:
+    """Rows start:end of every tensor, on ``device`` (a no-op for data already there)."""
+    return tuple(t[start:end].to(device) for t in tensors)
 
 
 def _full_value(site, nesting: int, num_particles: int, num_data: int):

@@ -40,3 +40,12 @@ def test_training_and_evaluation_run_on_cuda():
     )
     assert all(p.device.type == "cuda" for p in vae.parameters())
     assert result.history[-1].held_out_elbo < 0
+
+
+@requires_cuda
+def test_log_likelihood_of_host_data_with_networks_on_the_gpu():
+    vae = pvae.build_vae(20, z_dim=3, hidden_dims=[8]).cuda()
+    x = torch.bernoulli(torch.full((30, 20), 0.3))
+    on_host = pvae.log_likelihood(vae.model, vae.guide, x, 50, seed=0, device="cuda")
+    on_gpu = pvae.log_likelihood(vae.model, vae.guide, x.cuda(), 50, seed=0)
+    torch.testing.assert_close(on_host.per_datapoint, on_gpu.per_datapoint)
