@@ -51,6 +51,19 @@ TINY = {
 }
 
 
+def test_train_speed_runs_the_importance_weighted_variant_in_tiny_mode():
+    flags = [*TINY["train_speed.py"], "-k", "3", "--host-data"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "train_speed.py"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IWAE_3" in done.stdout
+    assert sum(line.startswith("| 256 |") for line in done.stdout.splitlines()) == 1
+
+
 def test_every_benchmark_has_a_tiny_mode():
     scripts = {p.name for p in BENCHMARKS.glob("*.py") if "__main__" in p.read_text()}
     assert scripts == set(TINY)
