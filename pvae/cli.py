@@ -20,6 +20,7 @@ import torch
 from pvae.checkpoint import load_vae
 from pvae.data import HELD_OUT_SEED, binarize, load_dataset
 from pvae.device import resolve_device
+from pvae.distributed import disconnect
 from pvae.iwae import log_likelihood, plot_khat
 from pvae.plots import save_sample_grid
 
@@ -199,6 +200,8 @@ def run_script(main, arguments, resume_flag: str | None = None) -> None:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(3 if isinstance(error, TrainingDiverged) else 2)
+    finally:
+        disconnect()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        disconnect()
     return 0
 
 

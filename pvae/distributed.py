@@ -103,6 +103,20 @@ def torchrun_environment() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def disconnect() -> None:
+    """Leave the process group, if this process joined one: to be called before exiting.
+
+    Left to the interpreter's exit, gloo's communication threads can be torn down while
+    still running, and the process aborts ("terminate called without an active exception").
+
+    Example::
+
+        >>> disconnect()  # nothing to do outside torchrun
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def connect(device: torch.device, distributed: bool | None = None) -> Cluster:
     """Join the process group torchrun set up (NCCL on CUDA, gloo on the CPU).
 
