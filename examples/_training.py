@@ -1,7 +1,9 @@
-"""The small Bernoulli VAE that the anomaly, imputation and latent-space examples train."""
+"""The small Bernoulli VAE that the anomaly, imputation and latent-space examples train,
+and the command-line flags they share."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -45,3 +47,30 @@ def train_small_vae(args, train_x, held_out, out: Path) -> pvae.VAE:
     )
     print(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
     return vae
+
+
+def add_training_flags(p: argparse.ArgumentParser, out: str) -> None:
+    """The flags of training, data, device and output that these examples share.
+
+    Example::
+
+        >>> add_training_flags(argparse.ArgumentParser(), out="runs/x")  # doctest: +SKIP
+    """
+    p.add_argument("-n", "--num-epochs", type=int, default=100)
+    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--z-dim", type=int, default=20)
+    p.add_argument("--hidden-dim", type=int, default=400)
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="PyTorch CPU threads (0: PyTorch's default); 1, the default, is fastest for these "
+        "small networks when other processes share the cores",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=out)
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")

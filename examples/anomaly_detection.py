@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from _training import train_small_vae
+from _training import add_training_flags, train_small_vae
 
 import pvae
 from pvae.anomaly import anomaly_scores, auroc, auroc_interval
@@ -181,29 +181,12 @@ def save_roc(scores: dict[str, torch.Tensor], is_anomaly, path: Path, left_out) 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--held-out-class", type=int, default=0, help="the class left out (anomaly)")
-    p.add_argument("-n", "--num-epochs", type=int, default=100)
-    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--z-dim", type=int, default=20)
-    p.add_argument("--hidden-dim", type=int, default=400)
     p.add_argument("-k", "--iwae-samples", type=int, default=1000, help="K of the IWAE score")
     p.add_argument("--num-normal", type=int, default=900, help="in-distribution images scored")
     p.add_argument("--num-anomalies", type=int, default=500, help="left-out images scored")
     p.add_argument("--num-show", type=int, default=16, help="images per row of anomalies.png")
     p.add_argument("--checkpoint", default=None, help="reuse this example's checkpoint.pt")
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
-    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="PyTorch CPU threads (0: PyTorch's default); 1, the default, is fastest for these "
-        "small networks when other processes share the cores",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/anomaly_detection")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    add_training_flags(p, out="runs/anomaly_detection")
     return p
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pyro
 import torch
-from _training import train_small_vae
+from _training import add_training_flags, train_small_vae
 
 import pvae
 from pvae.cli import run_script
@@ -278,24 +278,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nuts-max-depth", type=int, default=6, help="at most 2^depth steps/draw")
     p.add_argument("--num-show", type=int, default=4, help="digits per mask in imputation.png")
     p.add_argument("--checkpoint", default=None, help="reuse a pvae checkpoint.pt")
-    p.add_argument("-n", "--num-epochs", type=int, default=100)
-    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--z-dim", type=int, default=20)
-    p.add_argument("--hidden-dim", type=int, default=400)
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
-    p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="PyTorch CPU threads (0: PyTorch's default); 1, the default, is fastest for these "
-        "small networks when other processes share the cores",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/imputation")
-    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    add_training_flags(p, out="runs/imputation")
     return p
 
 
