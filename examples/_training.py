@@ -1,5 +1,5 @@
-"""The small Bernoulli VAE that the anomaly, imputation and latent-space examples train,
-and the command-line flags they share."""
+"""What the anomaly, imputation and latent-space examples share: their set-up and flags, and
+the small Bernoulli VAE they train or load."""
 
 from __future__ import annotations
 
@@ -7,8 +7,55 @@ import argparse
 import time
 from pathlib import Path
 
+import pyro
+import torch
+
 import pvae
-from pvae.data import DynamicBinarization
+from pvae.data import DynamicBinarization, load_dataset
+
+
+def set_up(args) -> tuple[torch.device, pvae.data.ImageData]:
+    """Device, CPU threads, seeds and a fresh parameter store; returns the device and data.
+
+    Example::
+
+        >>> device, data = set_up(parser().parse_args())  # doctest: +SKIP
+    """
+    device = pvae.resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    return device, load_dataset(args.dataset, args.data_dir)
+
+
+def load_small_vae(args, device, adversarial_ok: bool = False, check=None) -> pvae.VAE:
+    """``args.checkpoint``'s VAE, refused unless it is an unconditional Bernoulli model trained
+    on ``args.dataset`` (and, unless ``adversarial_ok``, a VAE with a likelihood bound rather
+    than an adversarial autoencoder); ``check(checkpoint)`` may refuse it too.
+
+    Example::
+
+        >>> vae = load_small_vae(args, "cpu")  # doctest: +SKIP
+    """
+    vae, state = pvae.load_vae(args.checkpoint, device)
+    trained_on = state.get("config", {}).get("dataset", args.dataset)
+    if trained_on != args.dataset:
+        raise ValueError(f"{args.checkpoint} was trained on {trained_on}, not {args.dataset}")
+    model_args = vae.model_args
+    if (
+        model_args.get("likelihood", "bernoulli") != "bernoulli"
+        or model_args.get("num_classes")
+        or (model_args.get("adversarial") and not adversarial_ok)
+    ):
+        raise ValueError(
+            f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE (not a "
+            "conditional VAE, nor an adversarial autoencoder, which has no likelihood bound)"
+        )
+    if check is not None:
+        check(state)
+    print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
+    return vae
 
 
 def train_small_vae(args, train_x, held_out, out: Path) -> pvae.VAE:

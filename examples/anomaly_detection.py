@@ -29,23 +29,17 @@ import csv
 import time
 from pathlib import Path
 
-import pyro
 import torch
-from _training import add_training_flags, train_small_vae
+from _training import add_training_flags, load_small_vae, set_up, train_small_vae
 
 import pvae
 from pvae.anomaly import anomaly_scores, auroc, auroc_interval
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, binarize, load_dataset
+from pvae.data import HELD_OUT_SEED, binarize
 
 
 def main(args: argparse.Namespace) -> None:
-    device = pvae.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    data = load_dataset(args.dataset, args.data_dir)
+    device, data = set_up(args)
     left_out = args.held_out_class
     classes = data.train_y.unique().tolist()
     if left_out not in classes:
@@ -95,30 +89,18 @@ def main(args: argparse.Namespace) -> None:
 
 def load_trained(args, device) -> pvae.VAE:
     """The checkpoint's VAE, refused unless it was trained without the left-out class."""
-    vae, state = pvae.load_vae(args.checkpoint, device)
-    config = state.get("config", {})
-    if (
-        config.get("held_out_class") != args.held_out_class
-        or config.get("dataset", args.dataset) != args.dataset
-    ):
-        raise ValueError(
-            f"{args.checkpoint} was not trained by this example without class "
-            f"{args.held_out_class} of {args.dataset} (its config: held_out_class="
-            f"{config.get('held_out_class')}, dataset={config.get('dataset')}): a VAE that "
-            "saw the left-out class cannot be used to detect it"
-        )
-    model_args = vae.model_args
-    if (
-        model_args.get("likelihood", "bernoulli") != "bernoulli"
-        or model_args.get("num_classes")
-        or model_args.get("adversarial")
-    ):
-        raise ValueError(
-            f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE (not a "
-            "conditional VAE, nor an adversarial autoencoder, which has no likelihood bound)"
-        )
-    print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
-    return vae
+
+    def left_out_class_unseen(state) -> None:
+        config = state.get("config", {})
+        if config.get("held_out_class") != args.held_out_class:
+            raise ValueError(
+                f"{args.checkpoint} was not trained by this example without class "
+                f"{args.held_out_class} of {args.dataset} (its config: held_out_class="
+                f"{config.get('held_out_class')}, dataset={config.get('dataset')}): a VAE that "
+                "saw the left-out class cannot be used to detect it"
+            )
+
+    return load_small_vae(args, device, check=left_out_class_unseen)
 
 
 def print_table(scores: dict[str, torch.Tensor], is_anomaly: torch.Tensor, left_out) -> None:

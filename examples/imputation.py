@@ -38,13 +38,12 @@ import math
 import time
 from pathlib import Path
 
-import pyro
 import torch
-from _training import add_training_flags, train_small_vae
+from _training import add_training_flags, load_small_vae, set_up, train_small_vae
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, binarize, load_dataset
+from pvae.data import HELD_OUT_SEED, binarize
 from pvae.imputation import fill_missing, impute_importance, impute_nuts
 
 MASKS = {"top": "top half", "random": "random 50%"}
@@ -52,12 +51,7 @@ HIDDEN_COLOUR = torch.tensor([0.15, 0.3, 0.8])
 
 
 def main(args: argparse.Namespace) -> None:
-    device = pvae.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    data = load_dataset(args.dataset, args.data_dir)
+    device, data = set_up(args)
     # Held-out digits are binarized once with pvae's fixed seed, as everywhere in pvae.
     x = binarize(data.test_x, seed=HELD_OUT_SEED)[: args.num_images].to(device)
     train_x = data.train_x.to(device)
@@ -69,7 +63,9 @@ def main(args: argparse.Namespace) -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    vae = load_trained(args, device) if args.checkpoint else train_small_vae(args, train_x, x, out)
+    vae = (
+        load_small_vae(args, device) if args.checkpoint else train_small_vae(args, train_x, x, out)
+    )
     vae.eval()
 
     masks = list(MASKS) if args.mask == "both" else [args.mask]
@@ -247,25 +243,6 @@ def picture_rows(x, observed, completions, count, image_shape) -> torch.Tensor:
         else:
             columns.append(rgb(guess))
     return torch.stack(columns, dim=1)
-
-
-def load_trained(args, device) -> pvae.VAE:
-    vae, state = pvae.load_vae(args.checkpoint, device)
-    trained_on = state.get("config", {}).get("dataset", args.dataset)
-    if trained_on != args.dataset:
-        raise ValueError(f"{args.checkpoint} was trained on {trained_on}, not {args.dataset}")
-    model_args = vae.model_args
-    if (
-        model_args.get("likelihood", "bernoulli") != "bernoulli"
-        or model_args.get("num_classes")
-        or model_args.get("adversarial")
-    ):
-        raise ValueError(
-            f"{args.checkpoint}: this example needs an unconditional Bernoulli VAE (not a "
-            "conditional VAE, nor an adversarial autoencoder, which has no likelihood bound)"
-        )
-    print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
-    return vae
 
 
 def parser() -> argparse.ArgumentParser:

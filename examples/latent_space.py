@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pyro
 import torch
-from _training import add_training_flags, train_small_vae
+from _training import add_training_flags, load_small_vae, set_up, train_small_vae
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, binarize, load_dataset
+from pvae.data import HELD_OUT_SEED, binarize
 from pvae.latent import latent_activity
 
 # Pairs of classes to interpolate between (MNIST: 0-6, 1-7, 3-8, 4-9).
@@ -34,27 +33,14 @@ ACTIVE = 0.01
 
 
 def main(args: argparse.Namespace) -> None:
-    device = pvae.resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    data = load_dataset(args.dataset, args.data_dir)
+    device, data = set_up(args)
     # Held-out digits are binarized once with pvae's fixed seed, as everywhere in pvae.
     held_out = binarize(data.test_x, seed=HELD_OUT_SEED).to(device)
     print(f"{data.name} ({data.source}): {held_out.shape[0]} held-out images; device {device}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.checkpoint:
-        vae, state = pvae.load_vae(args.checkpoint, device)
-        model_args = vae.model_args
-        if model_args.get("likelihood", "bernoulli") != "bernoulli" or model_args.get(
-            "num_classes"
-        ):
-            raise ValueError(
-                f"{args.checkpoint}: this example needs an unconditional Bernoulli model"
-            )
-        print(f"loaded {args.checkpoint} (epoch {state.get('epoch', '?')})")
+        vae = load_small_vae(args, device, adversarial_ok=True)
     else:
         vae = train_small_vae(args, data.train_x.to(device), held_out, out)
     vae.eval()
