@@ -6,6 +6,7 @@ the same budget (epochs, batch size, learning rate, seed); the held-out bound is
 K = 5000 on held-out images binarized once with pvae's fixed seed.
 
     python benchmarks/quality.py                      # Fashion-MNIST, offline
+    python benchmarks/quality.py --data-dir DIR       # Fashion-MNIST IDX files in DIR
     python benchmarks/quality.py --dataset mnist --epochs 50 --eval-points 10000
 
 Paper figures for orientation (MNIST, 3280 epochs, K = 5000): VAE 86.76, IWAE-50 84.78 nats.
@@ -89,7 +90,12 @@ def main(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="fashion-mnist", choices=["mnist", "fashion-mnist"])
-    p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="fashion-mnist default: $PVAE_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist; "
+        "mnist default: $PVAE_DATA_DIR or ~/.cache/pvae",
+    )
     p.add_argument("--objectives", nargs="+", default=["elbo", "iwae", "dreg"])
     p.add_argument("-k", type=int, default=5, help="K of the iwae and dreg objectives")
     p.add_argument("--epochs", type=int, default=10)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# Debian's dataset-fashion-mnist package puts its files here; $PVAE_FASHION_MNIST_DIR overrides.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Held-out images are binarized once with this seed, whatever the training seed, so that
 # every run and every `pvae evaluate` scores the same binary held-out set.
@@ -59,7 +60,12 @@ def default_data_dir() -> Path:
     return Path(cache) / "pvae"
 
 
-def check_data(x: torch.Tensor, name: str = "data") -> None:
+def default_fashion_mnist_dir() -> Path:
+    """``$PVAE_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist`` (Debian's)."""
+    return Path(os.environ.get("PVAE_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
+
+
+def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2) -> None:
     """Raise one clear ``ValueError`` if ``x`` is not a non-empty, finite, floating tensor.
 
     Example::
@@ -71,7 +77,7 @@ def check_data(x: torch.Tensor, name: str = "data") -> None:
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
+    if x.dim() < min_dim:
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}: expected [num_datapoints, ...features]; "
             "for a single datapoint use x.unsqueeze(0)"
@@ -182,7 +188,9 @@ def _find_idx(directory: Path, stem: str) -> Path:
 def load_fashion_mnist(data_dir: str | Path | None = None) -> ImageData:
     """Full Fashion-MNIST (60k train, 10k test) from IDX files in ``data_dir``.
 
-    The default directory is where Debian's ``dataset-fashion-mnist`` package puts them.
+    The default directory is ``$PVAE_FASHION_MNIST_DIR`` when set, else
+    ``/usr/share/datasets/fashion-mnist``, where Debian's ``dataset-fashion-mnist`` package
+    puts them.
 
     Example::
 
@@ -190,7 +198,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> ImageData:
         >>> data.train_x.shape, data.test_x.shape
         (torch.Size([60000, 784]), torch.Size([10000, 784]))
     """
-    directory = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    directory = Path(data_dir) if data_dir is not None else default_fashion_mnist_dir()
     try:
         files = {
             part: _find_idx(directory, f"{split}-{kind}-idx{dims}-ubyte")
@@ -205,7 +213,8 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> ImageData:
         raise ValueError(
             f"no Fashion-MNIST file {missing}[.gz] in {directory}: install Debian's "
             "dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) or put the "
-            "four IDX files (train/t10k images and labels) there and pass that directory"
+            "four IDX files (train/t10k images and labels) in a directory and pass it (or set "
+            "PVAE_FASHION_MNIST_DIR to it)"
         ) from None
     arrays = {part: read_idx(path) for part, path in files.items()}
     return ImageData(

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_data import make_idx_dir
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = {
@@ -69,10 +70,19 @@ def test_every_benchmark_has_a_tiny_mode():
     assert scripts == set(TINY)
 
 
+def tiny_flags(script, tmp_path):
+    """The script's tiny flags; quality.py reads synthetic Fashion-MNIST IDX files in tmp_path."""
+    if script != "quality.py":
+        return TINY[script]
+    # Its default is the real Fashion-MNIST, which a fresh machine does not have.
+    make_idx_dir(tmp_path / "fashion-mnist", compress=True, n_train=300, n_test=20)
+    return [*TINY[script], "--data-dir", str(tmp_path / "fashion-mnist")]
+
+
 @pytest.mark.parametrize("script", sorted(TINY))
-def test_benchmark_runs_in_tiny_mode(script):
+def test_benchmark_runs_in_tiny_mode(script, tmp_path):
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *TINY[script]],
+        [sys.executable, str(BENCHMARKS / script), *tiny_flags(script, tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -80,3 +90,5 @@ def test_benchmark_runs_in_tiny_mode(script):
     assert done.returncode == 0, done.stderr[-3000:]
     table_rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= 2
+    if script == "quality.py":
+        assert f"fashion-mnist ({tmp_path / 'fashion-mnist'}): 300 train, 20" in done.stdout

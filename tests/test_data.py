@@ -1,4 +1,5 @@
 import gzip
+import re
 import warnings
 
 import numpy as np
@@ -66,6 +67,18 @@ def test_fashion_mnist_loads_idx_files_as_flat_unit_interval_floats(tmp_path):
     expected = torch.from_numpy(splits["train"][0].reshape(30, -1).astype(np.float32) / 255)
     assert torch.equal(data.train_x, expected)
     assert torch.equal(data.test_y, torch.from_numpy(splits["t10k"][1].astype(np.int64)))
+
+
+def test_fashion_mnist_default_directory_is_overridden_by_the_environment(tmp_path, monkeypatch):
+    make_idx_dir(tmp_path / "fashion", compress=False)
+    monkeypatch.setenv("PVAE_FASHION_MNIST_DIR", str(tmp_path / "fashion"))
+    for data in (load_fashion_mnist(), pvae.data.load_dataset("fashion-mnist")):
+        assert data.source == str(tmp_path / "fashion") and data.train_x.shape == (30, 784)
+    # An explicit directory still wins, and without the variable the default is Debian's.
+    with pytest.raises(ValueError, match=re.escape(f"in {tmp_path / 'empty'}: install")):
+        load_fashion_mnist(tmp_path / "empty")
+    monkeypatch.delenv("PVAE_FASHION_MNIST_DIR")
+    assert pvae.data.default_fashion_mnist_dir() == pvae.data.FASHION_MNIST_DIR
 
 
 def test_missing_fashion_mnist_says_where_to_put_the_files(tmp_path):

@@ -215,8 +215,9 @@ def test_adversarial_autoencoder_loss_and_gradients_are_the_documented_ones():
     x, _ = labelled_data(16)
     loss = elbo_loss(aae, x, seed=3)
     reconstruction, discriminator_loss, encoder_loss = aae_terms(aae, x, seed=3)
+    # float32 sums in another order: float32's tolerance.
     assert loss.item() == pytest.approx(
-        (-reconstruction + discriminator_loss + encoder_loss).item(), rel=1e-6
+        (-reconstruction + discriminator_loss + encoder_loss).item(), rel=1e-5
     )
     # The discriminator learns only from its own terms, the encoder only from fooling it.
     params = {
@@ -244,9 +245,10 @@ def test_adversarial_autoencoder_evaluates_to_its_reconstruction_log_likelihood(
     x, _ = labelled_data(20)
     with torch.no_grad():
         expected = aae_terms(aae, x, seed=0)[0].item() / 20
-    assert pvae.estimate_elbo(aae.model, aae.guide, x) == pytest.approx(expected, rel=1e-6)
+    # The bounds sum float32 terms in float64, expected in float32: float32's tolerance.
+    assert pvae.estimate_elbo(aae.model, aae.guide, x) == pytest.approx(expected, rel=1e-5)
     bound = pvae.log_likelihood(aae.model, aae.guide, x, 5, seed=0)
-    assert bound.mean == pytest.approx(expected, rel=1e-6)  # every particle is f(x)
+    assert bound.mean == pytest.approx(expected, rel=1e-5)  # every particle is f(x)
 
 
 def test_adversarial_autoencoder_pulls_its_codes_towards_the_prior():
