@@ -38,6 +38,7 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional
 
+from pvae.continuous_bernoulli import StableContinuousBernoulli
 from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize
 from pvae.registry import build
 
@@ -159,10 +160,12 @@ class ContinuousBernoulliLikelihood(_DataPreparation, nn.Module):
     """Continuous Bernoulli pixels on [0, 1], with their normalizing constant.
 
     Loaiza-Ganem & Cunningham, "The continuous Bernoulli: fixing a pervasive error in
-    variational autoencoders", NeurIPS 2019: ``torch.distributions.ContinuousBernoulli``,
-    parameterized by logits. A density on [0, 1]^D for grey levels used as they are; its
-    log-likelihood is not comparable with that of binarized or 8-bit discrete data.
-    ``mean`` is the distribution's mean, not ``sigmoid(logits)`` (the paper's point).
+    variational autoencoders", NeurIPS 2019: :class:`StableContinuousBernoulli`, parameterized
+    by logits and normalized at any logit (torch's version is not beyond |logits| ~ 16 in
+    float32, which saturated background pixels reach). A density on [0, 1]^D for grey levels
+    used as they are; its log-likelihood is not comparable with that of binarized or 8-bit
+    discrete data. ``mean`` is the distribution's mean, not ``sigmoid(logits)`` (the paper's
+    point).
 
     Example::
 
@@ -174,10 +177,10 @@ class ContinuousBernoulliLikelihood(_DataPreparation, nn.Module):
     params_per_dim = 1
 
     def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=logits, validate_args=False).to_event(event_dim)
+        return StableContinuousBernoulli(logits, validate_args=False).to_event(event_dim)
 
     def mean(self, logits: torch.Tensor, event_dim: int = 1) -> torch.Tensor:
-        return dist.ContinuousBernoulli(logits=logits, validate_args=False).mean
+        return StableContinuousBernoulli(logits).mean
 
     def check_data(self, x: torch.Tensor) -> None:
         _check_unit_interval(x, "continuous Bernoulli")

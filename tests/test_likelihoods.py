@@ -3,11 +3,13 @@
 import itertools
 import math
 
+import mpmath
 import pyro.distributions as dist
 import pytest
 import torch
 
 import pvae
+from pvae.continuous_bernoulli import StableContinuousBernoulli
 from pvae.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -84,17 +86,21 @@ def test_binary_bernoulli_is_bernoulli_log_pmf_and_its_gradient():
     torch.testing.assert_close(grad, x - torch.sigmoid(logits))
 
 
-@pytest.mark.parametrize("logit", [-30.0, -3.0, -0.001, 0.0, 0.002, 1.0, 8.0])
-def test_continuous_bernoulli_integrates_to_one_on_the_unit_interval(logit):
-    # Simpson's rule on 20,001 points; near logit 0 torch switches to a Taylor expansion of
-    # the normalizing constant, which must stay normalized too.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "logit", [-100.0, -40.0, -30.0, -3.0, -0.001, 0.0, 0.002, 1.0, 3.0, 8.0, 40.0, 100.0]
+)
+def test_continuous_bernoulli_integrates_to_one_on_the_unit_interval(logit, dtype):
+    # Simpson's rule on 20,001 points; near logit 0 the normalizing constant switches to a
+    # Taylor series, which must stay normalized too; at |logit| >= 16 torch's stops being.
     x = torch.linspace(0, 1, 20001, dtype=torch.float64)
-    d = ContinuousBernoulliLikelihood()(torch.tensor([logit], dtype=torch.float64), event_dim=1)
-    density = d.log_prob(x.unsqueeze(-1)).exp()
+    d = ContinuousBernoulliLikelihood()(torch.tensor([logit], dtype=dtype), event_dim=1)
+    density = d.log_prob(x.to(dtype).unsqueeze(-1)).double().exp()
     weights = torch.ones_like(x)
     weights[1:-1:2], weights[2:-1:2] = 4, 2
     mass = (weights * density).sum().item() * (x[1] - x[0]).item() / 3
-    assert mass == pytest.approx(1.0, abs=1e-6)
+    # In float32, log Z(100) ~ 95 is off by a rounding (~6e-6), and so is every density.
+    assert mass == pytest.approx(1.0, abs=1e-6 if dtype == torch.float64 else 1e-5)
 
 
 def test_continuous_bernoulli_is_the_papers_formula():
@@ -109,6 +115,170 @@ def test_continuous_bernoulli_is_the_papers_formula():
     mean = ContinuousBernoulliLikelihood().mean(logits)
     expected_mean = lam / (2 * lam - 1) + 1 / (2 * torch.atanh(1 - 2 * lam))
     assert torch.allclose(mean, expected_mean)
+
+
+# Logits from a saturated background (-100) to a saturated foreground (+100), including 0, both
+# sides of the switches between series and closed forms (0.35 in float64, 1.5 in float32), and
+# where torch's clamped normalizer breaks (|logits| > 16).
+CB_LOGITS = sorted(
+    {0.0}
+    | {
+        sign * m
+        for sign in (-1, 1)
+        for m in (1e-4, 1e-3, 1e-2, 0.1, 0.34, 0.36, 0.5, 1, 1.49, 1.51, 2, 5, 16, 20, 40, 80, 100)
+    }
+    | {float(v) for v in torch.linspace(-100, 100, 161)}
+)
+# Largest relative errors against mpmath: 1.4e-7 (float32) and 3e-16 (float64) for log C; the
+# tolerances leave room for other CPUs' exp and log.
+CB_RTOL = {torch.float32: 2e-6, torch.float64: 1e-12}
+
+
+def cb_exact(quantity, logits, *extra):
+    """A continuous Bernoulli quantity at each logit (and extra argument), to 40 digits."""
+
+    def log_z(e):  # log int_0^1 exp(e x) dx
+        return mpmath.log(mpmath.expm1(e) / e) if e else mpmath.mpf(0)
+
+    def mean(e):
+        return 1 / (1 - mpmath.exp(-e)) - 1 / e if e else mpmath.mpf(1) / 2
+
+    formulas = {
+        "log_normalizer": lambda e: mpmath.log(e / mpmath.tanh(e / 2)) if e else mpmath.log(2),
+        "d_log_normalizer": lambda e: 1 / e - 1 / mpmath.sinh(e) if e else mpmath.mpf(0),
+        "log_z": log_z,
+        "mean": mean,
+        "variance": lambda e: 1 / e**2 - 1 / (4 * mpmath.sinh(e / 2) ** 2) if e else 1 / 12,
+        "entropy": lambda e: log_z(e) - e * mean(e),
+        "icdf": lambda e, u: mpmath.log1p(u * mpmath.expm1(e)) / e if e else u,
+    }
+    with mpmath.workdps(40):
+        exact = [float(formulas[quantity](*map(mpmath.mpf, (e, *extra)))) for e in logits.tolist()]
+    return torch.tensor(exact, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_continuous_bernoulli_normalizer_mean_and_entropy_are_exact_at_any_logit(dtype):
+    logits = torch.tensor(CB_LOGITS, dtype=dtype)
+    d = StableContinuousBernoulli(logits)
+    rtol = CB_RTOL[dtype]
+    for quantity, got in [
+        ("log_normalizer", d.log_normalizer),
+        ("log_z", -d.log_prob(torch.zeros_like(logits))),
+        ("mean", d.mean),
+        ("variance", d.variance),
+        ("entropy", d.entropy()),
+    ]:
+        # The variance and the entropy cancel more in the closed forms, next to the series.
+        tol = rtol * (10 if quantity in ("variance", "entropy") else 1)
+        exact = cb_exact(quantity, logits.double())
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), exact, rtol=tol, atol=0, msg=quantity)
+    # The likelihood's mean is the distribution's.
+    torch.testing.assert_close(ContinuousBernoulliLikelihood().mean(logits), d.mean)
+
+
+def test_continuous_bernoulli_log_prob_is_right_at_saturated_logits():
+    # The issue's figures: torch's clamped normalizer gives 2.769 for all three.
+    logits = torch.tensor([-20.0, -40.0, -80.0])
+    for dtype in (torch.float32, torch.float64):
+        d = ContinuousBernoulliLikelihood()(logits.to(dtype), event_dim=0)
+        got = d.log_prob(torch.zeros(3, dtype=dtype))
+        torch.testing.assert_close(
+            got.double(),
+            torch.tensor([2.996, 3.689, 4.382], dtype=torch.float64),
+            rtol=0,
+            atol=1e-3,
+        )
+    # x log lambda + (1 - x) log(1 - lambda) + log C, also where sigmoid saturates.
+    logits = torch.tensor(CB_LOGITS, dtype=torch.float64)
+    x = torch.rand(
+        3, len(CB_LOGITS), dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    exact = (
+        x * torch.nn.functional.logsigmoid(logits)
+        + (1 - x) * torch.nn.functional.logsigmoid(-logits)
+        + cb_exact("log_normalizer", logits)
+    )
+    got = StableContinuousBernoulli(logits).log_prob(x)
+    torch.testing.assert_close(got, exact, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_continuous_bernoulli_gradients_are_finite_and_exact_at_any_logit(dtype):
+    logits = torch.tensor(CB_LOGITS, dtype=dtype, requires_grad=True)
+    d = StableContinuousBernoulli(logits)
+    (d_log_c,) = torch.autograd.grad(d.log_normalizer.sum(), logits)
+    x = torch.rand(len(CB_LOGITS), dtype=dtype, generator=torch.Generator().manual_seed(0))
+    (d_log_prob,) = torch.autograd.grad(d.log_prob(x).sum(), logits)
+    assert torch.isfinite(d_log_c).all() and torch.isfinite(d_log_prob).all()
+    rtol, eps = CB_RTOL[dtype], torch.finfo(dtype).eps
+    exact = logits.detach().double()
+    torch.testing.assert_close(
+        d_log_c.double(), cb_exact("d_log_normalizer", exact), rtol=rtol, atol=eps
+    )
+    # d log p(x) / d logits = x - mean: a few roundings of x, whatever the logit.
+    torch.testing.assert_close(
+        d_log_prob.double(), x.double() - cb_exact("mean", exact), rtol=0, atol=4 * eps
+    )
+    # ... and autograd of the paper's closed form in float64, where that is well-conditioned
+    # (near 0 it is 0/0; beyond 5 or so, 1 - lambda rounds away most of its digits).
+    moderate = (exact.abs() > 0.1) & (exact.abs() <= 5)
+    eta = exact[moderate].requires_grad_()
+    lam = torch.sigmoid(eta)
+    (d_closed,) = torch.autograd.grad(
+        torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam)).sum(), eta
+    )
+    torch.testing.assert_close(d_log_c[moderate].double(), d_closed, rtol=max(rtol, 1e-9), atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_continuous_bernoulli_quantiles_are_exact_in_the_unit_interval(dtype):
+    logits = torch.tensor(CB_LOGITS, dtype=dtype, requires_grad=True)
+    d = StableContinuousBernoulli(logits)
+    eps = torch.finfo(dtype).eps
+    for u in (0.0, 1e-6, 0.01, 0.3, 0.5, 0.77, 0.999, 1 - eps / 2):
+        level = torch.full_like(logits, u)
+        x = d.icdf(level)
+        (grad,) = torch.autograd.grad(x.sum(), logits)
+        assert bool(((x >= 0) & (x <= 1)).all()) and torch.isfinite(grad).all(), u
+        exact = cb_exact("icdf", logits.detach().double(), float(level[0]))
+        torch.testing.assert_close(x.double(), exact, rtol=0, atol=4 * eps, msg=f"u = {u}")
+        # The CDF undoes it, up to x's rounding times the density there.
+        x = x.detach()
+        slack = 8 * eps * (1 + d.log_prob(x).exp().detach())
+        assert bool(((d.cdf(x) - level).abs() <= slack).all()), u
+
+
+@pytest.mark.parametrize("logit", [-100.0, -40.0, -1e-3, 0.0, 3.0, 40.0, 100.0])
+def test_continuous_bernoulli_samples_have_the_exact_mean_in_float32(logit):
+    d = ContinuousBernoulliLikelihood()(torch.full((4,), logit), event_dim=1)
+    assert d.event_shape == (4,) and d.batch_shape == ()
+    torch.manual_seed(0)
+    x = d.rsample((50_000,))
+    assert x.shape == (50_000, 4) and x.dtype == torch.float32
+    assert bool(((x >= 0) & (x <= 1)).all())
+    logits = torch.full((1,), logit, dtype=torch.float64)
+    mean, variance = cb_exact("mean", logits).item(), cb_exact("variance", logits).item()
+    # Five standard errors of the sample mean.
+    assert x.double().mean().item() == pytest.approx(mean, abs=5 * math.sqrt(variance / x.numel()))
+    assert x.double().var().item() == pytest.approx(variance, rel=0.05)
+
+
+def test_stable_continuous_bernoulli_is_a_pyro_distribution():
+    logits = torch.tensor([-40.0, 0.0, 2.0], requires_grad=True)
+    d = StableContinuousBernoulli(logits)
+    assert torch.equal(d.probs, torch.sigmoid(logits))
+    wide = d.expand((5, 3))
+    assert wide.batch_shape == (5, 3) and wide.sample().shape == (5, 3)
+    torch.testing.assert_close(wide.mean, d.mean.expand(5, 3))
+    x = d.to_event(1).rsample((2,))
+    assert x.shape == (2, 3) and d.to_event(1).log_prob(x).shape == (2,)
+    (grad,) = torch.autograd.grad(x.sum(), logits)  # reparameterized
+    assert torch.isfinite(grad).all() and bool((grad > 0).all())
+    assert not d.sample().requires_grad
+    with pytest.raises(ValueError):
+        StableContinuousBernoulli(logits, validate_args=True).log_prob(torch.full((3,), 1.5))
 
 
 @pytest.mark.parametrize(
