@@ -5,7 +5,9 @@ from __future__ import annotations
 import pyro
 import torch
 
-from pvae.objectives import ScaleDataPlate, inspect_model, make_objective
+from pvae.checks import check_model_data
+from pvae.objectives import ScaleDataPlate, choose_objective, inspect_model
+from pvae.plates import trace_pair
 
 
 def _as_tuple(data) -> tuple[torch.Tensor, ...]:
@@ -22,7 +24,9 @@ def estimate_elbo(
     chunks of ``batch_size`` and nothing is dropped. Sites outside the ``"data"`` plate (global
     latents) would be counted once per chunk: this is a per-datapoint figure for models whose
     latents are all local, as a VAE's are. With ``device``, chunks are copied there first
-    (data in host memory, networks on the GPU).
+    (data in host memory, networks on the GPU). The data are checked first as training data
+    are (:func:`pvae.checks.check_model_data`); enumerated discrete latents are summed out
+    (TraceEnum_ELBO).
 
     Example::
 
@@ -30,10 +34,20 @@ def estimate_elbo(
         -98.7
     """
     tensors = _as_tuple(data)
-    num_data = tensors[0].shape[0]
     device = tensors[0].device if device is None else torch.device(device)
+    check_model_data(model, guide, tuple(t[:batch_size].to(device) for t in tensors))
+    return elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, device)
+
+
+@torch.no_grad()
+def elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, device) -> float:
+    """:func:`estimate_elbo` without its checks, for data checked once already."""
+    num_data = tensors[0].shape[0]
     first = tuple(t[:2].to(device) for t in tensors)
-    elbo = make_objective("elbo", num_particles, inspect_model(model, guide, *first))
+    with pyro.validation_enabled(False):
+        traces = trace_pair(model, guide, *first)
+    nesting = inspect_model(model, guide, traces=traces)
+    elbo = choose_objective("elbo", num_particles, nesting, traces)
     total = torch.zeros((), dtype=torch.float64, device=device)
     with pyro.validation_enabled(False):
         for start in range(0, num_data, batch_size):

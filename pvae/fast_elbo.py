@@ -32,7 +32,11 @@ class _Accumulate(Messenger):
         self.total = 0.0
 
     def _pyro_sample(self, msg) -> None:
-        if self.replay is not None and not msg["is_observed"] and not site_is_subsample(msg):
+        if self.replay is None or msg["is_observed"]:
+            return
+        # Like Trace_ELBO's replay: the guide's latents, and the guide's subsample indices
+        # for the plates the model shares with it (a plate of the model alone draws its own).
+        if not site_is_subsample(msg) or msg["name"] in self.replay:
             msg["value"] = self.replay[msg["name"]]
             msg["done"] = True
 
@@ -44,7 +48,10 @@ class _Accumulate(Messenger):
             msg["value"], msg["done"] = value, True
 
     def _postprocess_message(self, msg) -> None:
-        if msg["type"] != "sample" or site_is_subsample(msg):
+        if msg["type"] != "sample":
+            return
+        if site_is_subsample(msg):
+            self.values[msg["name"]] = msg["value"]
             return
         log_prob = msg["fn"].log_prob(msg["value"])
         if log_prob.dtype in (torch.float16, torch.bfloat16):  # under autocast: sum in float32
@@ -97,15 +104,16 @@ class ReparameterizedELBO:
 
 
 def supports(guide_trace, model_trace) -> bool:
-    """Whether the ELBO of this pair is what :class:`ReparameterizedELBO` computes:
-    every guide latent reparameterized and not enumerated, every model latent in the guide."""
+    """Whether the ELBO of this pair is what :class:`ReparameterizedELBO` computes, value and
+    gradient: every guide site reparameterized (a guide factor with ``has_rsample=False``
+    gets a score-function term from Trace_ELBO) and not enumerated, every model latent in the
+    guide and none enumerated."""
     guide_latents = set()
     for name, site in sample_sites(guide_trace):
-        if site["is_observed"]:
-            continue
         if not site["fn"].has_rsample or site["infer"].get("enumerate"):
             return False
-        guide_latents.add(name)
+        if not site["is_observed"]:
+            guide_latents.add(name)
     return all(
         site["is_observed"] or name in guide_latents for name, site in sample_sites(model_trace)
     )

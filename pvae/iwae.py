@@ -26,10 +26,18 @@ import pyro
 import torch
 from pyro import poutine
 
+from pvae.checks import check_model_data
 from pvae.device import resolve_device
 from pvae.distributed import connect
-from pvae.log_weights import PARTICLE_PLATE, data_frame, per_datapoint_log_prob, sample_sites
-from pvae.plates import inspect_model
+from pvae.log_weights import (
+    PARTICLE_PLATE,
+    data_frame,
+    enumerating,
+    model_log_joint,
+    per_datapoint_log_prob,
+    sample_sites,
+)
+from pvae.plates import enumerated, inspect_model
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
 # guide call under its own seed, so that the numbers do not depend on the chunk sizes.
@@ -128,8 +136,13 @@ def log_likelihood(
 
     ``data`` is a tensor or a tuple of tensors (first dimension: datapoints) passed as
     ``model(*batch)`` and ``guide(*batch)``. Every sample site of both must sit in
-    ``pyro.plate("data", ...)``: a global latent has no per-datapoint bound. Scales
-    (subsampling, ``ScaleDataPlate``, annealing) are ignored: the bound is on log p(x) itself.
+    ``pyro.plate("data", ...)``: a global latent has no per-datapoint bound. The bound is on
+    log p(x) of the model itself: ``ScaleDataPlate``'s minibatch scale is left out, and a
+    scale the model sets (``poutine.scale``) or a subsampled plate inside the data plate is
+    refused with a ``ValueError`` naming the site. Model latents marked
+    ``infer={"enumerate": "parallel"}`` are summed out of each weight exactly. The data are
+    checked first (:func:`pvae.checks.check_model_data`): NaN/Inf and values outside the
+    support of the model's observed sites are refused.
 
     Exactly K particles are used per datapoint, evaluated ``particle_chunk`` particles x
     ``data_chunk`` datapoints at a time, and combined by a streaming logsumexp in float64.
@@ -175,6 +188,8 @@ def log_likelihood(
         torch.no_grad(),
         pyro.validation_enabled(False),
     ):
+        # Inside fork_rng: a given seed leaves the global generator alone.
+        check_model_data(model, guide, _rows(tensors, 0, _DATA_BLOCK, device))
         nesting = inspect_model(model, guide, *_rows(tensors, 0, 2, device))
         shard = _score_rows(
             model,
@@ -354,6 +369,11 @@ class _GuideDraws:
         log_q = torch.zeros(num_particles, n1 - n0, dtype=torch.float64, device=self.device)
         values, axes = {}, {}
         for name, site in sample_sites(trace):
+            if enumerated(site):
+                raise ValueError(
+                    f"the guide enumerates {name!r}: log_likelihood draws every guide latent; "
+                    "enumerate it in the model instead (summed out of each weight exactly)"
+                )
             log_q += per_datapoint_log_prob(site, self.nesting, num_particles, n1 - n0).double()
             if not site["is_observed"]:
                 values[name], axes[name] = _full_value(site, self.nesting, num_particles, n1 - n0)
@@ -382,17 +402,9 @@ def _model_log_prob(model, batch, values, num_particles: int, nesting: int) -> t
     for name, value in values.items():
         guide_trace.add_node(name, type="sample", is_observed=False, value=value, infer={})
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
-        trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
-    num_data = batch[0].shape[0]
-    log_p = torch.zeros(num_particles, num_data, dtype=torch.float64, device=batch[0].device)
-    for name, site in sample_sites(trace):
-        if not site["is_observed"] and name not in values:
-            raise ValueError(
-                f"model latent {name!r} has no site in the guide: every latent needs q(z|x), "
-                "so sample it in the guide too"
-            )
-        log_p += per_datapoint_log_prob(site, nesting, num_particles, num_data).double()
-    return log_p
+        replayed = poutine.replay(enumerating(model, nesting), trace=guide_trace)
+        trace = poutine.trace(replayed).get_trace(*batch)
+    return model_log_joint(trace, nesting, num_particles, batch[0].shape[0]).double()
 
 
 def _psis_khat(log_weights: np.ndarray) -> np.ndarray:

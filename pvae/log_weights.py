@@ -3,17 +3,29 @@
 Shared by the held-out estimator (:mod:`pvae.iwae`) and the importance-weighted training
 objectives (:mod:`pvae.objectives`): particles are vectorized in an extra plate to the left
 of the model's plates, and every site is reduced to shape [particles, datapoints].
+
+What a per-datapoint weight can hold, and what is refused with a ``ValueError`` naming the
+site: every site sits in the ``"data"`` plate over the whole batch; a plate nested inside
+it is not subsampled (a subsampled plate gives an unbiased estimate of log p, not log p, and
+an importance weight built from it bounds nothing); scales the model sets itself
+(``poutine.scale``) are honoured by training objectives and refused where log p(x) itself is
+estimated. Model latents marked ``infer={"enumerate": "parallel"}`` are summed out of each
+weight exactly: log w = log Σ_c p(x, z, c) - log q(z | x).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import detach, scale_and_mask
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
-from pvae.plates import DATA_PLATE
+from pvae.plates import DATA_PLATE, MINIBATCH_SCALE, enumerated
 
 PARTICLE_PLATE = "iwae_particles"
 
@@ -45,18 +57,77 @@ def data_frame(site):
     return frame
 
 
-def per_datapoint_log_prob(
-    site, nesting: int, num_particles: int, num_data: int, log_prob: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Unscaled log-density of a site, summed over all but particles and datapoints: [P, N].
+def minibatch_scale(trace) -> float:
+    """How much the ``"data"`` plate's sites are scaled up to stand for the whole dataset:
+    :class:`pvae.plates.ScaleDataPlate`'s factor times the plate's own subsampling (1 when
+    nothing scales them)."""
+    for _, site in sample_sites(trace):
+        frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+        if frame is not None:
+            return site["infer"].get(MINIBATCH_SCALE, 1.0) * _subsampling(frame)
+    return 1.0
 
+
+def own_scale(site) -> float | torch.Tensor:
+    """The scale a model sets on a site itself (``poutine.scale``), without the minibatch's."""
+    return site["scale"] / (
+        site["infer"].get(MINIBATCH_SCALE, 1.0) * _subsampling(data_frame(site))
+    )
+
+
+def _subsampling(frame) -> float:
+    return frame.full_size / frame.size if frame.full_size is not None else 1.0
+
+
+def _check_plates_inside_data(site) -> None:
+    for frame in site["cond_indep_stack"]:
+        if frame.name in (DATA_PLATE, PARTICLE_PLATE) or frame.full_size is None:
+            continue
+        if frame.full_size != frame.size:
+            raise ValueError(
+                f"site {site['name']!r} sits in plate {frame.name!r}, subsampled to "
+                f"{frame.size} of {frame.full_size}: its scaled log-density estimates log p "
+                "without being it, so an importance weight built from it bounds nothing. "
+                "Remove subsample_size from that plate for importance-weighted objectives and "
+                "log_likelihood (objective='elbo' accepts it)"
+            )
+
+
+def _checked_scale(site, honour_scales: bool) -> float | torch.Tensor | None:
+    """The site's own scale (None for none), or a clear error where log p(x) is estimated."""
+    _check_plates_inside_data(site)
+    scale = own_scale(site)
+    unit = scale == 1.0 if not isinstance(scale, torch.Tensor) else bool((scale == 1).all())
+    if unit:
+        return None
+    if not honour_scales:
+        raise ValueError(
+            f"site {site['name']!r} is scaled (poutine.scale or a similar handler): a bound "
+            "on log p(x) is a bound on the model's own density, which no scale is part of. "
+            "Evaluate the model without the scale"
+        )
+    return scale
+
+
+def per_datapoint_log_prob(
+    site,
+    nesting: int,
+    num_particles: int,
+    num_data: int,
+    log_prob: torch.Tensor | None = None,
+    honour_scales: bool = False,
+) -> torch.Tensor:
+    """Log-density of a site, summed over all but particles and datapoints: [P, N].
+
+    The minibatch scale is left out (it weighs minibatch losses, it is not part of p or q);
+    the site's own scale is applied with ``honour_scales`` and refused without it.
     ``log_prob`` overrides the site's own (e.g. one computed with detached parameters).
     """
     frame = data_frame(site)
+    scale = _checked_scale(site, honour_scales)
     if log_prob is None:
         log_prob = site["fn"].log_prob(site["value"])
-    # The scale is left out on purpose: it weighs minibatch losses, it is not part of p or q.
-    log_p = scale_and_mask(log_prob, mask=site["mask"])
+    log_p = scale_and_mask(log_prob, 1.0 if scale is None else scale, site["mask"])
     if log_p.dim() > nesting + 1:
         raise ValueError(f"site {site['name']!r} has more batch dimensions than its plates")
     log_p = log_p.reshape((1,) * (nesting + 1 - log_p.dim()) + log_p.shape)
@@ -73,22 +144,91 @@ def per_datapoint_log_prob(
     return log_p.expand(num_particles, num_data)
 
 
-def data_scale(trace) -> float | torch.Tensor:
-    """The minibatch scale of the sites in the ``"data"`` plate (1 when nothing scales them)."""
-    for _, site in sample_sites(trace):
-        if any(frame.name == DATA_PLATE for frame in site["cond_indep_stack"]):
-            return site["scale"]
-    return 1.0
+def enumerating(model, nesting: int):
+    """``model`` with its ``infer={"enumerate": "parallel"}`` sites enumerated, left of the
+    particle plate. Wrap it in ``poutine.replay`` or ``poutine.condition`` from outside: the
+    enumeration handler must see every site before those mark it done, or the sites that
+    depend on an enumerated value lose the record of its dimension."""
+    return poutine.enum(model, first_available_dim=-(nesting + 2))
+
+
+def model_log_joint(
+    trace, nesting: int, num_particles: int, num_data: int, honour_scales: bool = False
+) -> torch.Tensor:
+    """log p(x, z) [particles, datapoints] of a model trace, enumerated latents summed out.
+
+    Without enumeration this is the sum of :func:`per_datapoint_log_prob` over the sites.
+    With it (a trace made under ``poutine.enum``), the sites' log-densities are contracted by
+    Pyro's tensor variable elimination down to the particle and data plates: logsumexp over
+    the enumerated values, sums over the other plates, each in the order the plates need.
+    """
+    sites = list(sample_sites(trace))
+    if not any(site["infer"].get("_enumerate_dim") is not None for _, site in sites):
+        total = 0.0
+        for _, site in sites:
+            total = total + per_datapoint_log_prob(
+                site, nesting, num_particles, num_data, honour_scales=honour_scales
+            )
+        return total
+    return _contract_enumerated(trace, sites, nesting, num_particles, num_data)
+
+
+def _contract_enumerated(trace, sites, nesting, num_particles, num_data) -> torch.Tensor:
+    for name, site in sites:
+        data_frame(site)
+        if _checked_scale(site, honour_scales=False) is not None:
+            raise ValueError(f"site {name!r} is scaled: enumerated sums take no scales")
+        if enumerated(site) and site["infer"]["enumerate"] != "parallel":
+            raise ValueError(
+                f"site {name!r} is enumerated sequentially: per-datapoint weights sum "
+                "enumerated latents in parallel; use infer={'enumerate': 'parallel'}"
+            )
+    trace.compute_log_prob()
+    trace.pack_tensors()
+    symbols = trace.plate_to_symbol
+    tree: OrderedDict = OrderedDict()
+    # Packing drops dimensions of size 1, so a plate of one member (a single particle or
+    # datapoint) leaves the ordinals too: a sum or product over one member is the identity.
+    wide = {f.name for _, site in sites for f in site["cond_indep_stack"] if f.size > 1}
+    for _, site in sites:
+        ordinal = frozenset(
+            symbols[f.name] for f in site["cond_indep_stack"] if f.vectorized and f.name in wide
+        )
+        masked = packed.scale_and_mask(
+            site["packed"]["unscaled_log_prob"], mask=site["packed"]["mask"]
+        )
+        tree.setdefault(ordinal, []).append(masked)
+    terms = [term for ordinal_terms in tree.values() for term in ordinal_terms]
+    sum_dims = {d for term in terms for d in term._pyro_dims} - set(symbols.values())
+    particle, data = symbols[PARTICLE_PLATE], symbols[DATA_PLATE]
+    target = frozenset(symbols[name] for name in (PARTICLE_PLATE, DATA_PLATE) if name in wide)
+    joint = contract_to_tensor(tree, sum_dims, target_ordinal=target)
+    # Packed tensors keep only the dimensions they use: put back [particles, datapoints].
+    layout = {particle + data: lambda t: t, data + particle: lambda t: t.T}
+    layout.update(
+        {particle: lambda t: t[:, None], data: lambda t: t[None, :], "": lambda t: t.reshape(1, 1)}
+    )
+    return layout[joint._pyro_dims](joint).expand(num_particles, num_data)
 
 
 def particle_log_weights(
-    model, guide, args, num_particles: int, nesting: int, stop_guide_parameters: bool = False
+    model,
+    guide,
+    args,
+    num_particles: int,
+    nesting: int,
+    stop_guide_parameters: bool = False,
+    honour_scales: bool = True,
 ) -> tuple[torch.Tensor, poutine.Trace, poutine.Trace]:
     """Differentiable log-weights [num_particles, batch] and the guide and model traces.
 
-    With ``stop_guide_parameters`` log q is evaluated with the guide's distribution
-    parameters detached, while z keeps its reparameterized path: the gradient of log w then
-    reaches the guide only through z, as STL and DReG need.
+    With ``stop_guide_parameters`` the log-weight's gradient reaches the guide only through
+    z: its derivative in the guide's parameters φ is ∂log w/∂z · dz/dφ, the partial in z
+    taken at fixed φ, as STL and DReG need (the score term ∂log w/∂φ at fixed z is dropped).
+    Where q can be evaluated with its parameters detached (one latent site of a plain
+    distribution) that is what is done; otherwise the guide is run once more on the drawn
+    values, detached, and its score term subtracted, which keeps the dependence of
+    q(z2 | z1) on z1 that DReG needs (Tucker et al., 2019).
 
     Example::
 
@@ -99,13 +239,75 @@ def particle_log_weights(
     num_data = args[0].shape[0]
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
         guide_trace = poutine.trace(guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
-    log_w = 0.0
-    for _, site in sample_sites(model_trace):
-        log_w = log_w + per_datapoint_log_prob(site, nesting, num_particles, num_data)
+        if any(enumerated(site) for _, site in sample_sites(guide_trace)):
+            raise ValueError(
+                "the guide enumerates a discrete latent: importance-weighted objectives and "
+                "log_likelihood draw every guide latent; enumerate it in the model instead, "
+                "or train with objective='elbo' (TraceEnum_ELBO)"
+            )
+        replayed = poutine.replay(enumerating(model, nesting), trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args)
+    log_w = model_log_joint(model_trace, nesting, num_particles, num_data, honour_scales)
+    detachable = stop_guide_parameters and single_plain_site(guide_trace)
     for _, site in sample_sites(guide_trace):
-        log_q = None
-        if stop_guide_parameters:
-            log_q = detach(site["fn"]).log_prob(site["value"])
-        log_w = log_w - per_datapoint_log_prob(site, nesting, num_particles, num_data, log_q)
+        log_q = detach(site["fn"]).log_prob(site["value"]) if detachable else None
+        log_w = log_w - per_datapoint_log_prob(
+            site, nesting, num_particles, num_data, log_q, honour_scales
+        )
+    if stop_guide_parameters and not detachable:
+        score = guide_log_density(
+            guide, args, guide_trace, nesting, num_particles, detach_values=True
+        )
+        log_w = log_w + (score - score.detach())
     return log_w, guide_trace, model_trace
+
+
+def guide_log_density(
+    guide,
+    args,
+    values_trace,
+    nesting: int,
+    num_particles: int,
+    detach_values: bool = False,
+    values=None,
+) -> torch.Tensor:
+    """log q [particles, datapoints] of the guide run again on given latent values."""
+    num_data = args[0].shape[0]
+    if values is None:
+        values = {
+            name: site["value"].detach() if detach_values else site["value"]
+            for name, site in sample_sites(values_trace)
+            if not site["is_observed"]
+        }
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
+        trace = poutine.trace(poutine.condition(guide, data=values)).get_trace(*args)
+    log_q = 0.0
+    for _, site in sample_sites(trace):
+        log_q = log_q + per_datapoint_log_prob(
+            site, nesting, num_particles, num_data, honour_scales=True
+        )
+    return log_q
+
+
+# Distributions whose log-density, with parameters detached, is still the density at the
+# drawn value: no cache of the draw (as a TransformedDistribution keeps) cuts the path.
+_PLAIN = (
+    torch.distributions.Normal,
+    torch.distributions.MultivariateNormal,
+    torch.distributions.LowRankMultivariateNormal,
+    torch.distributions.Laplace,
+)
+
+
+def single_plain_site(guide_trace) -> bool:
+    """Whether the guide is one latent site of a plain density (no factor, no other latent):
+    then q with its parameters detached, at the drawn value, is q at fixed φ."""
+    sites = [site for _, site in sample_sites(guide_trace)]
+    return len(sites) == 1 and not sites[0]["is_observed"] and plain_density(sites[0]["fn"])
+
+
+def plain_density(fn) -> bool:
+    """Whether ``detach(fn).log_prob(value)`` is q's density at the value, φ held fixed."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return isinstance(fn, _PLAIN)

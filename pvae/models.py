@@ -19,6 +19,7 @@ from pvae.guides import GaussianGuide, make_guide
 from pvae.likelihoods import BernoulliLikelihood, make_likelihood
 from pvae.log_weights import PARTICLE_PLATE
 from pvae.nets import make_networks
+from pvae.param_store import register_module
 from pvae.priors import StandardNormalPrior, make_prior
 from pvae.registry import ModelError
 
@@ -137,13 +138,13 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         cond = self._condition(x, y)
-        pyro.module("decoder", self.decoder)
+        register_module("decoder", self.decoder)
         if self._prior_uses_encoder:  # the VampPrior pushes its pseudo-inputs through it
-            pyro.module("encoder", self.encoder)
+            register_module("encoder", self.encoder)
         if self._learned_prior:
-            pyro.module("prior", self.prior)
+            register_module("prior", self.prior)
         if self._learned_likelihood:
-            pyro.module("likelihood", self.likelihood)
+            register_module("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
             with self._kl_scale():
                 z = pyro.sample("latent", self.prior())
@@ -152,9 +153,9 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         cond = self._condition(x, y)
-        pyro.module("encoder", self.encoder)
+        register_module("encoder", self.encoder)
         if self._learned_guide:
-            pyro.module("guide", self.guide_family)
+            register_module("guide", self.guide_family)
         with pyro.plate("data", x.shape[0]), self._kl_scale():
             pyro.sample("latent", self.guide_family(*self.encoder(x, *cond)))
 

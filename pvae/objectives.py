@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pyro.infer
 import torch
+from pyro import poutine
 
-from pvae.log_weights import data_frame, data_scale, particle_log_weights, sample_sites
-from pvae.plates import DATA_PLATE, ScaleDataPlate, inspect_model
+from pvae.fast_elbo import ReparameterizedELBO
+from pvae.fast_elbo import supports as supports_fast_elbo
+from pvae.log_weights import (
+    PARTICLE_PLATE,
+    data_frame,
+    enumerating,
+    guide_log_density,
+    minibatch_scale,
+    model_log_joint,
+    particle_log_weights,
+    sample_sites,
+    single_plain_site,
+)
+from pvae.plates import DATA_PLATE, ScaleDataPlate, enumerated, inspect_model
 
-__all__ = ["DATA_PLATE", "ScaleDataPlate", "inspect_model", "make_objective"]
+__all__ = ["DATA_PLATE", "ScaleDataPlate", "choose_objective", "inspect_model", "make_objective"]
 
 
 class _ParticleObjective:
@@ -19,7 +33,9 @@ class _ParticleObjective:
     They need every site inside the ``"data"`` plate and reparameterized guide latents. The
     minibatch scale (``num_data / batch_size`` under :func:`pvae.fit`) multiplies the sum of
     the per-datapoint bounds, outside any logsumexp: scaling inside it, as Pyro's
-    ``RenyiELBO`` does, changes the bound itself.
+    ``RenyiELBO`` does, changes the bound itself. Scales the model sets on its own sites
+    (``poutine.scale``) weigh their log-densities inside each log-weight; model latents
+    marked for parallel enumeration are summed out of it.
     """
 
     stop_guide_parameters = False
@@ -36,13 +52,9 @@ class _ParticleObjective:
             self.max_plate_nesting,
             self.stop_guide_parameters,
         )
-        for name, site in sample_sites(guide_trace):
-            if not site["fn"].has_rsample:
-                raise ValueError(
-                    f"guide site {name!r} is not reparameterized ({type(site['fn']).__name__}): "
-                    f"the {type(self).__name__} gradient needs rsample; use objective='elbo'"
-                )
-        return -data_scale(model_trace) * self._per_datapoint(log_w, guide_trace).sum()
+        _check_reparameterized(guide_trace, type(self).__name__)
+        per_datapoint = self._per_datapoint(log_w, guide_trace, model, guide, args)
+        return -minibatch_scale(model_trace) * per_datapoint.sum()
 
     def loss(self, model, guide, *args) -> float:
         with torch.no_grad():
@@ -61,30 +73,56 @@ class IWAE(_ParticleObjective):
         >>> loss.differentiable_loss(vae.model, vae.guide, x)  # doctest: +SKIP
     """
 
-    def _per_datapoint(self, log_w, guide_trace):
+    def _per_datapoint(self, log_w, guide_trace, model, guide, args):
         return torch.logsumexp(log_w, 0) - math.log(self.num_particles)
 
 
 class DReG(IWAE):
     """The IWAE bound with doubly reparameterized guide gradients (Tucker et al., 2019).
 
-    The guide's gradient is Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ with log q's parameters held
-    fixed (w̃ the normalized weights): unbiased for the IWAE gradient, without the score
+    The guide's gradient is Σ_k w̃_k² ∂log w_k/∂z_k dz_k/dφ, the partial in z_k taken at
+    fixed φ (w̃ the normalized weights): unbiased for the IWAE gradient, without the score
     term whose variance grows with K. The model's gradient is IWAE's, Σ_k w̃_k ∇θ log w_k.
     One backward pass gives both: the surrogate Σ_k w̃_k log w_k (w̃ held fixed) passes w̃_k
-    to each z_k, and a hook on z_k multiplies that by w̃_k once more.
+    to the latents, and one more factor w̃_k is applied on the way from log w_k to z_k only,
+    never along the guide's own path from z2 back to z1 (where a hook on every latent would
+    apply it twice). For a guide of one latent site that is a hook on z_k; for guides whose
+    latents depend on each other, model and guide are evaluated on a copy of the draws that
+    scales its gradient by w̃_k, and the score term is removed with a run on detached draws.
     """
 
     stop_guide_parameters = True
 
-    def _per_datapoint(self, log_w, guide_trace):
+    def _per_datapoint(self, log_w, guide_trace, model, guide, args):
         weights = torch.softmax(log_w, 0).detach()
-        for _, site in sample_sites(guide_trace):
-            if site["value"].requires_grad:
-                site["value"].register_hook(_multiply_by(self._weights_like(site, weights)))
-        surrogate = (weights * log_w).sum(0)
         bound = torch.logsumexp(log_w.detach(), 0) - math.log(self.num_particles)
+        if not single_plain_site(guide_trace):
+            surrogate = self._dependent_surrogate(weights, guide_trace, model, guide, args)
+            return bound + (surrogate - surrogate.detach())
+        ((_, site),) = sample_sites(guide_trace)
+        if site["value"].requires_grad:
+            site["value"].register_hook(_multiply_by(self._weights_like(site, weights)))
+        surrogate = (weights * log_w).sum(0)
         return bound + (surrogate - surrogate.detach())
+
+    def _dependent_surrogate(self, weights, guide_trace, model, guide, args):
+        """Σ_k w̃_k log w_k(z̃_k) + Σ_k w̃_k log q(sg(z_k)), z̃ the draws with gradients times w̃."""
+        values = {
+            name: _ScaleGradient.apply(site["value"], self._weights_like(site, weights))
+            for name, site in sample_sites(guide_trace)
+            if not site["is_observed"]
+        }
+        num_data = args[0].shape[0]
+        nesting = self.max_plate_nesting
+        with pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-(nesting + 1)):
+            conditioned = poutine.condition(enumerating(model, nesting), data=values)
+            model_trace = poutine.trace(conditioned).get_trace(*args)
+        log_p = model_log_joint(model_trace, nesting, self.num_particles, num_data, True)
+        log_q = guide_log_density(guide, args, None, nesting, self.num_particles, values=values)
+        score = guide_log_density(
+            guide, args, guide_trace, nesting, self.num_particles, detach_values=True
+        )
+        return (weights * (log_p - log_q + score)).sum(0)
 
     def _weights_like(self, site, weights):
         value, event_dim = site["value"], site["fn"].event_dim
@@ -100,6 +138,20 @@ class DReG(IWAE):
         return weights.reshape(shape)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """The identity, whose gradient is multiplied by ``factor`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, value, factor):
+        ctx.save_for_backward(factor)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (factor,) = ctx.saved_tensors
+        return grad * factor, None
+
+
 def _multiply_by(factor: torch.Tensor):
     return lambda grad: grad * factor
 
@@ -113,7 +165,7 @@ class StickingTheLanding(_ParticleObjective):
 
     stop_guide_parameters = True
 
-    def _per_datapoint(self, log_w, guide_trace):
+    def _per_datapoint(self, log_w, guide_trace, model, guide, args):
         return log_w.mean(0)
 
 
@@ -123,6 +175,58 @@ PYRO_OBJECTIVES = {
 }
 PARTICLE_OBJECTIVES = {"stl": StickingTheLanding, "iwae": IWAE, "dreg": DReG}
 OBJECTIVES = [*PYRO_OBJECTIVES, *PARTICLE_OBJECTIVES]
+
+
+def choose_objective(name: str, num_particles: int, nesting: int, traces: tuple):
+    """The objective :func:`pvae.fit` trains with, for a model/guide of this structure.
+
+    ``traces`` are the (guide, model) traces of :func:`pvae.plates.trace_pair`. Discrete
+    latents marked ``infer={"enumerate": "parallel"}`` are summed out exactly: ``"elbo"``
+    becomes Pyro's ``TraceEnum_ELBO`` (model or guide enumeration), the importance-weighted
+    objectives sum model-side ones out of each log-weight; what has no valid bound is
+    refused. ``"elbo"`` with every guide latent reparameterized takes
+    :class:`pvae.fast_elbo.ReparameterizedELBO`, Trace_ELBO's estimator without its overhead.
+
+    Example::
+
+        >>> choose_objective("elbo", 1, 1, trace_pair(model, guide, x))  # doctest: +SKIP
+    """
+    guide_trace, model_trace = traces
+    in_guide = [n for n, s in sample_sites(guide_trace) if enumerated(s)]
+    in_model = [n for n, s in sample_sites(model_trace) if enumerated(s) and n not in in_guide]
+    if in_guide or in_model:
+        names = ", ".join(repr(n) for n in in_guide + in_model)
+        if name == "elbo":
+            return pyro.infer.TraceEnum_ELBO(
+                num_particles=num_particles,
+                vectorize_particles=num_particles > 1,
+                max_plate_nesting=nesting,
+            )
+        if name == "meanfield":
+            raise ValueError(
+                f"objective 'meanfield' has no analytic KL for enumerated sites ({names}): "
+                "use objective='elbo', which sums them out exactly (TraceEnum_ELBO)"
+            )
+        if in_guide:
+            raise ValueError(
+                f"objective {name!r} draws every guide latent, but the guide enumerates "
+                f"{names}: enumerate it in the model instead, or use objective='elbo'"
+            )
+    if name == "meanfield":
+        _check_reparameterized(guide_trace, "'meanfield' (TraceMeanField_ELBO)")
+    objective = make_objective(name, num_particles, nesting)
+    if name == "elbo" and supports_fast_elbo(guide_trace, model_trace):
+        return ReparameterizedELBO(num_particles, nesting)  # same numbers, less overhead
+    return objective
+
+
+def _check_reparameterized(guide_trace, objective: str) -> None:
+    for name, site in sample_sites(guide_trace):
+        if not site["fn"].has_rsample:
+            raise ValueError(
+                f"guide site {name!r} is not reparameterized ({type(site['fn']).__name__}): "
+                f"objective {objective} needs rsample at every guide site; use objective='elbo'"
+            )
 
 
 def make_objective(name: str, num_particles: int = 1, max_plate_nesting: int | None = None):

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 DATA_PLATE = "data"
+# Where ScaleDataPlate records the factor it applied, so that per-datapoint bounds can tell the
+# minibatch scale apart from scales the model sets itself (poutine.scale, nested subsampling).
+MINIBATCH_SCALE = "_pvae_minibatch_scale"
 
 
 class ScaleDataPlate(Messenger):
@@ -29,11 +33,23 @@ class ScaleDataPlate(Messenger):
         self.num_data = num_data
 
     def _pyro_sample(self, msg) -> None:
+        factor = self._factor(msg)
+        if factor is not None:
+            msg["scale"] = msg["scale"] * factor
+
+    def _pyro_post_sample(self, msg) -> None:
+        # Recorded after sampling: poutine.replay swaps the site's infer dict for the guide's
+        # when it replays a latent, which would drop a record made before.
+        factor = self._factor(msg)
+        if factor is not None:
+            msg["infer"][MINIBATCH_SCALE] = factor
+
+    def _factor(self, msg) -> float | None:
         for frame in msg["cond_indep_stack"]:
             if frame.name == DATA_PLATE:
                 declared = frame.full_size if frame.full_size is not None else frame.size
-                msg["scale"] = msg["scale"] * (self.num_data / declared)
-                return
+                return self.num_data / declared
+        return None
 
 
 def inspect_model(model, guide, *args, traces: tuple | None = None) -> int:
@@ -62,8 +78,29 @@ def inspect_model(model, guide, *args, traces: tuple | None = None) -> int:
             "`with pyro.plate('data', x.shape[0]):`, so that pvae can scale minibatches "
             "and compute per-datapoint bounds"
         )
+    _check_latents_have_guide_sites(guide_trace, model_trace)
     dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
     return -min(dims) if dims else 0
+
+
+def enumerated(site) -> bool:
+    """Whether a site is summed out by enumeration (``infer={"enumerate": "parallel"}``)."""
+    return bool(site["infer"].get("enumerate"))
+
+
+def _check_latents_have_guide_sites(guide_trace, model_trace) -> None:
+    """Every model latent is either drawn by the guide or enumerated; Trace_ELBO would only
+    warn and draw it from the prior, which gives a number that bounds nothing useful."""
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        if name in guide_trace.nodes or enumerated(site):
+            continue
+        raise ValueError(
+            f"model latent {name!r} has no site in the guide: sample it in the guide too "
+            "(every latent needs q), or, if it is discrete, sum it out exactly with "
+            f"pyro.sample({name!r}, ..., infer={{'enumerate': 'parallel'}})"
+        )
 
 
 def trace_pair(model, guide, *args) -> tuple[poutine.Trace, poutine.Trace]:

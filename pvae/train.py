@@ -19,15 +19,16 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from pvae import param_store
 from pvae.batches import DeviceBatches, HostBatches
 from pvae.checkpoint import load_checkpoint, save_checkpoint
+from pvae.checks import check_model_data
 from pvae.data import check_data
 from pvae.device import resolve_device
 from pvae.distributed import Cluster, connect
-from pvae.evaluate import _as_tuple, estimate_elbo
+from pvae.evaluate import _as_tuple, elbo_of_checked_data
 from pvae.fast_elbo import ReparameterizedELBO
-from pvae.fast_elbo import supports as supports_fast_elbo
-from pvae.objectives import ScaleDataPlate, inspect_model, make_objective
+from pvae.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.plates import trace_pair
 from pvae.precision import autocast, check_precision, matmul_precision
 from pvae.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
@@ -105,6 +106,35 @@ def _check_support(model, transform, x: torch.Tensor, first_x: torch.Tensor) -> 
     owner_check = getattr(getattr(model, "__self__", None), "check_data", None)
     if owner_check is not None:
         owner_check(x if transform is None else first_x)
+
+
+def _parameters(elbo, model, guide, batch) -> dict[str, torch.Tensor]:
+    """The unconstrained parameters the objective trains, found by running it once.
+
+    Entries that an earlier model left in Pyro's store under the names this model's
+    ``pyro.module`` uses are pointed to this model's own tensors first (see
+    :mod:`pvae.param_store`): otherwise the optimizer would train tensors nobody computes with.
+    """
+    for attempt in range(2):
+        with pyro.validation_enabled(True), poutine.trace(param_only=True) as capture:
+            elbo.differentiable_loss(model, guide, *batch)
+        stale = param_store.stale_module_parameters(capture.trace)
+        if not stale:
+            break
+        if attempt == 1:
+            raise ValueError(
+                f"parameters {', '.join(stale[:3])} stay out of step with their modules: "
+                "call pyro.clear_param_store() before training this model"
+            )
+        param_store.drop(stale)
+        warnings.warn(
+            f"Pyro's parameter store held {len(stale)} parameters of an earlier model under "
+            f"names this model registers with pyro.module ({stale[0]}, ...): fit trains this "
+            "model's own networks and the store now points to them. To start from stored "
+            "values instead, load them into the modules first (module.load_state_dict)",
+            stacklevel=3,
+        )
+    return {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
 
 
 def _check_devices(params: list[torch.Tensor], device: torch.device) -> None:
@@ -264,8 +294,6 @@ def fit(
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     check_precision(precision)
     held_out_tensors = _as_tuple(held_out) if held_out is not None else None
-    if held_out_tensors is not None:
-        check_data(held_out_tensors[0], name="held-out data")
     if transform is not None and hasattr(transform, "check_data"):
         transform.check_data(tensors[0])
     saved = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
@@ -294,18 +322,18 @@ def fit(
 
     first = _transformed(tuple(t[:batch_size].to(device) for t in tensors), transform)
     _check_support(model, transform, tensors[0], first[0])
+    check_model_data(model, guide, first)
+    if held_out_tensors is not None:
+        held_out_first = tuple(t[:batch_size].to(device) for t in held_out_tensors)
+        check_data(held_out_tensors[0], name="held-out data")
+        check_model_data(model, guide, held_out_first, name="held-out data")
     with pyro.validation_enabled(True):
         traces = trace_pair(model, guide, *first)
         nesting = inspect_model(model, guide, traces=traces)
-    elbo = make_objective(objective, num_particles, nesting)
-    if objective == "elbo" and supports_fast_elbo(*traces):
-        elbo = ReparameterizedELBO(num_particles, nesting)  # same numbers, less overhead
+    elbo = choose_objective(objective, num_particles, nesting, traces)
     scale = ScaleDataPlate(num_data)
     scaled_model, scaled_guide = scale(model), scale(guide)
-
-    with pyro.validation_enabled(True), poutine.trace(param_only=True) as capture:
-        elbo.differentiable_loss(scaled_model, scaled_guide, *first)
-    params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
+    params = _parameters(elbo, scaled_model, scaled_guide, first)
     if not params:
         raise ValueError(
             "the model and guide have no parameters to train: register networks with "
@@ -490,7 +518,7 @@ def _held_out_elbo(model, guide, tensors, cluster: Cluster, device: torch.device
     total = torch.zeros((), dtype=torch.float64, device=device)
     if end > start:
         shard = tuple(t[start:end] for t in tensors)
-        total += estimate_elbo(model, guide, shard, device=device) * (end - start)
+        total += elbo_of_checked_data(model, guide, shard, 1000, 1, device) * (end - start)
     return cluster.sum_(total).item() / num_data
 
 

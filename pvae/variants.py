@@ -18,6 +18,7 @@ from torch.nn import functional
 
 from pvae.models import VAE, _in_particle_plate
 from pvae.nets import MLP
+from pvae.param_store import register_module
 from pvae.registry import ModelError
 
 
@@ -85,8 +86,8 @@ class AdversarialAutoencoder(VAE):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         self._condition(x, y)  # no labels: an unconditional model
-        pyro.module("decoder", self.decoder)
-        pyro.module("discriminator", self.discriminator)
+        register_module("decoder", self.decoder)
+        register_module("discriminator", self.discriminator)
         flat = _FlatDensity(constraints.real_vector, (), (self.z_dim,))
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("latent", flat)
@@ -107,7 +108,7 @@ class AdversarialAutoencoder(VAE):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         self._condition(x, y)
-        pyro.module("encoder", self.encoder)
+        register_module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("latent", dist.Delta(self.encoder(x)[0], event_dim=1))
 

@@ -204,13 +204,17 @@ def test_agrees_with_pyro_renyi_elbo_at_alpha_zero(linear_gaussian):
     assert ours.mean() - elbo_total > 5 * tolerance
 
 
-def test_plate_scales_do_not_change_the_per_datapoint_bound(linear_gaussian):
+def test_the_minibatch_scale_is_left_out_and_a_model_scale_refused(linear_gaussian):
     model = perturbed(linear_gaussian)
     x = model.sample_data(12)
     plain = log_likelihood(model.model, model.guide, x, 40, seed=1)
-    for handler in (ScaleDataPlate(60000), pyro.poutine.scale(scale=7.0)):
-        scaled = log_likelihood(handler(model.model), handler(model.guide), x, 40, seed=1)
-        assert torch.allclose(scaled.per_datapoint, plain.per_datapoint, atol=1e-12, rtol=0)
+    minibatch = ScaleDataPlate(60000)
+    scaled = log_likelihood(minibatch(model.model), minibatch(model.guide), x, 40, seed=1)
+    assert torch.allclose(scaled.per_datapoint, plain.per_datapoint, atol=1e-12, rtol=0)
+    # A scale the model sets itself is not part of p(x): a bound on log p(x) refuses it.
+    tempered = pyro.poutine.scale(scale=7.0)
+    with pytest.raises(ValueError, match="site 'z' is scaled"):
+        log_likelihood(tempered(model.model), tempered(model.guide), x, 40, seed=1)
 
 
 def test_tuple_data_and_a_pvae_vae_work():
@@ -340,3 +344,59 @@ def test_plot_khat_writes_a_picture(tmp_path, linear_gaussian):
     path = plot_khat(result, tmp_path / "khat.png")
     pixels = matplotlib.image.imread(path)
     assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 0.01
+
+
+class EnumeratedMixture(LinearGaussian):
+    """The mixture prior written the Pyro way: its component c enumerated in the model, absent
+    from the guide. log_likelihood sums c out of each weight: log Σ_c p(x, z, c) - log q(z|x).
+    The offset b is a Pyro parameter, so that fit has something to train."""
+
+    def __init__(self):
+        super().__init__(**PRIORS["mixture"])
+
+    def model(self, x):
+        self.b = pyro.param("b", self.b)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(self.weights), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.MultivariateNormal(self.locs[c], self.covs[c]))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        self.b = pyro.param("b", self.b)
+        super().guide(x)
+
+
+def test_an_enumerated_mixture_prior_with_the_exact_posterior_gives_log_px_for_every_k():
+    mixture = EnumeratedMixture()
+    x = mixture.sample_data(20)
+    exact = mixture.exact_log_px(x)
+    for k in (1, 10, 100):
+        result = log_likelihood(mixture.model, mixture.guide, x, k, seed=0)
+        assert torch.allclose(result.per_datapoint, exact, atol=1e-4, rtol=0)
+        assert torch.allclose(result.elbo_per_datapoint, exact, atol=1e-4, rtol=0)
+
+
+def test_an_enumerated_mixture_prior_with_an_imperfect_guide_is_bounded_in_order():
+    mixture = perturbed(EnumeratedMixture())
+    x = mixture.sample_data(400)
+    exact = mixture.exact_log_px(x)
+    iwae = {k: log_likelihood(mixture.model, mixture.guide, x, k, seed=k) for k in (10, 1000)}
+    assert standard_errors_apart(iwae[10].elbo_per_datapoint, iwae[10].per_datapoint) > 5
+    assert standard_errors_apart(iwae[10].per_datapoint, iwae[1000].per_datapoint) > 3
+    assert standard_errors_apart(iwae[1000].per_datapoint, exact) > -3
+
+
+def test_fit_reports_the_trace_enum_elbo_of_an_enumerated_mixture_prior(one_thread):
+    # With the exact posterior as guide, TraceEnum_ELBO's estimate is log p(x) for any draw of
+    # z; the first (and only) step's loss is taken at the initial parameters. Trace_ELBO would
+    # draw c from the prior instead and report another number.
+    import pvae
+
+    mixture = EnumeratedMixture()
+    x = mixture.sample_data(30)
+    exact = mixture.exact_log_px(x).mean().item()
+    with pytest.warns(UserWarning, match="Found vars in model but not guide"):
+        sampled_c = -pyro.infer.Trace_ELBO().loss(mixture.model, mixture.guide, x) / 30
+    assert abs(sampled_c - exact) > 0.1
+    result = pvae.fit(mixture.model, mixture.guide, x, num_epochs=1, batch_size=30)
+    assert result.history[0].train_bound == pytest.approx(exact, abs=1e-6)

@@ -1,0 +1,74 @@
+"""Checks on the data a model is trained or evaluated on: one clear error, never a number.
+
+Training data, held-out data and evaluation data all pass the same checks: finite floating
+values, the model owner's own check (a :class:`pvae.VAE` knows its likelihood's support),
+and the support of every observed site of the model on the first rows, so that a
+hand-written model's distributions check the data themselves (0-255 bytes or grey levels
+given to a Bernoulli, negative counts given to a Poisson, ...).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+from pvae.data import check_data
+from pvae.log_weights import sample_sites
+from pvae.plates import trace_pair
+
+_ROWS_TRACED = 16
+
+
+def check_model_data(model, guide, tensors: tuple[torch.Tensor, ...], name: str = "data") -> None:
+    """Raise a ``ValueError`` that says what is wrong if ``model`` cannot score ``tensors``.
+
+    ``tensors`` are the arguments of ``model(*batch)`` with one row per datapoint, already
+    on the model's device and transformed as the model sees them.
+
+    Example::
+
+        >>> check_model_data(model, guide, (torch.full((3, 2), 0.5),))  # doctest: +SKIP
+        ValueError: data do not fit site 'obs' of the model: Bernoulli needs values in
+        Boolean(), got 3 datapoints with values outside it (range [0.5, 0.5])
+    """
+    check_data(tensors[0], name=name, min_dim=1)
+    owner_check = getattr(getattr(model, "__self__", None), "check_data", None)
+    if owner_check is not None:
+        try:
+            owner_check(tensors[0])
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    first = tuple(t[:_ROWS_TRACED] for t in tensors)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        _, model_trace = trace_pair(model, guide, *first)
+    for site_name, site in sample_sites(model_trace):
+        if site["is_observed"]:
+            _check_support(site_name, site, name)
+
+
+def _check_support(site_name: str, site, name: str) -> None:
+    fn, value = site["fn"], site["value"]
+    try:
+        inside = fn.support.check(value)
+    except NotImplementedError:  # a support without a membership test (e.g. Unit's)
+        return
+    if isinstance(inside, bool) or bool(inside.all()):
+        return
+    outside = ~inside
+    while outside.dim() > 1:
+        outside = outside.any(-1)
+    shown = value[~inside] if value.shape == inside.shape else value
+    low, high = float(shown.min()), float(shown.max())
+    raise ValueError(
+        f"{name} do not fit site {site_name!r} of the model: {_distribution_name(fn)} needs "
+        f"values in {fn.support}, got {int(outside.sum())} of the first {outside.numel()} "
+        f"datapoints with values outside it (range [{low:g}, {high:g}]); prepare the data "
+        "for this likelihood (e.g. binarize for a Bernoulli) or choose a likelihood whose "
+        "support holds them"
+    )
+
+
+def _distribution_name(fn) -> str:
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__
