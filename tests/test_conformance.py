@@ -21,6 +21,7 @@ structure. The table of outcomes is ``EXPECTED``; docs/conformance.md shows it.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -514,3 +515,48 @@ def test_log_likelihood_estimates_the_iwae_bound_or_refuses(name):
     standard_error = ((ours.var(0) + theirs.var(0)) / copies).sqrt()
     assert bool(((ours.mean(0) - theirs.mean(0)).abs() < 5 * standard_error).all())
     assert bool((standard_error > 0).all())
+
+
+COLUMNS = [*OBJECTIVES, "log_likelihood"]
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "conformance.md"
+
+
+def conformance_table() -> str:
+    """The outcome of every structure x objective as markdown (docs/conformance.md)."""
+    reasons: list[str] = []
+    lines = [
+        "# Conformance: model/guide structures x objectives",
+        "",
+        "Made by `python tests/test_conformance.py > docs/conformance.md`; the suite checks",
+        "that this page is its own table. ✓: pvae's loss and gradients equal the reference on",
+        "shared draws (Pyro's Trace_ELBO, TraceEnum_ELBO or TraceMeanField_ELBO for `elbo` and",
+        "`meanfield`; the IWAE, STL and DReG formulas written out for the others), and",
+        "`log_likelihood` estimates the same IWAE bound. ✗ n: refused with a `ValueError`",
+        "whose message contains reason n below.",
+        "",
+        "| structure | " + " | ".join(f"`{c}`" for c in COLUMNS) + " |",
+        "|---" * (len(COLUMNS) + 1) + "|",
+    ]
+    for structure in EXPECTED:
+        cells = []
+        for column in COLUMNS:
+            outcome = expected(structure, column)
+            if outcome == MATCH:
+                cells.append("✓")
+                continue
+            if outcome not in reasons:
+                reasons.append(outcome)
+            cells.append(f"✗ {reasons.index(outcome) + 1}")
+        summary = structure.__doc__.split("\n")[0].replace("|", "\\|")
+        lines.append(f"| {structure.__name__}: {summary} | " + " | ".join(cells) + " |")
+    lines += ["", "Reasons:", ""]
+    lines += [f"{i}. {reason}" for i, reason in enumerate(reasons, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_documented_table_is_the_suite_s():
+    assert TABLE.read_text() == conformance_table()
+
+
+if __name__ == "__main__":
+    print(conformance_table(), end="")

@@ -26,8 +26,10 @@ def model(x):
     with pyro.plate("data", x.shape[0]):
         # Heavy-tailed prior: independent Student-t (3 degrees of freedom) coordinates.
         z = pyro.sample("z", dist.StudentT(3.0, x.new_zeros(20), 1.0).to_event(1))
-        # Grey levels in [0, 1] as they are: the continuous Bernoulli, normalized.
-        pyro.sample("x", dist.ContinuousBernoulli(logits=decoder(z)).to_event(1), obs=x)
+        # Grey levels in [0, 1] as they are: the continuous Bernoulli, normalized at any
+        # logit (torch's ContinuousBernoulli is not beyond |logits| ~ 16 in float32).
+        likelihood = pvae.likelihoods.StableContinuousBernoulli(decoder(z))
+        pyro.sample("x", likelihood.to_event(1), obs=x)
 
 
 def guide(x):
