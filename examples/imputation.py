@@ -42,9 +42,9 @@ import torch
 from _training import add_training_flags, load_small_vae, set_up, train_small_vae
 
 import pvae
+from pvae.analysis.imputation import fill_missing, impute_importance, impute_nuts
 from pvae.cli import run_script
 from pvae.data import HELD_OUT_SEED, binarize
-from pvae.imputation import fill_missing, impute_importance, impute_nuts
 
 MASKS = {"top": "top half", "random": "random 50%"}
 HIDDEN_COLOUR = torch.tensor([0.15, 0.3, 0.8])

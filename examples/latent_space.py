@@ -23,9 +23,9 @@ import torch
 from _training import add_training_flags, load_small_vae, set_up, train_small_vae
 
 import pvae
+from pvae.analysis.latent import latent_activity
 from pvae.cli import run_script
 from pvae.data import HELD_OUT_SEED, binarize
-from pvae.latent import latent_activity
 
 # Pairs of classes to interpolate between (MNIST: 0-6, 1-7, 3-8, 4-9).
 PAIRS = [(0, 6), (1, 7), (3, 8), (4, 9)]

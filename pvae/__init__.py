@@ -13,31 +13,23 @@ Example::
                       transform=pvae.data.DynamicBinarization())
 """
 
-from pvae import (
-    anomaly,
-    batches,
-    config,
-    data,
-    guides,
-    imputation,
-    latent,
-    likelihoods,
-    nets,
-    objectives,
-    plots,
-    precision,
-    priors,
-    variants,
-)
-from pvae.checkpoint import load_checkpoint, load_vae, save_checkpoint, vae_state
+from pvae import config, data
+from pvae.analysis import anomaly, imputation, latent
 from pvae.config import Config, load_config, save_config
-from pvae.device import resolve_device
-from pvae.evaluate import estimate_elbo
-from pvae.iwae import LogLikelihood, log_likelihood, plot_khat
-from pvae.models import VAE, build_vae
-from pvae.train import EpochStats, FitResult, TrainingDiverged, TrainingInterrupted, fit
+from pvae.errors import ModelError, TrainingDiverged, TrainingInterrupted
+from pvae.infer import batches, objectives, precision
+from pvae.infer.checkpoint import load_checkpoint, package_version, save_checkpoint
+from pvae.infer.device import resolve_device
+from pvae.infer.evaluate import estimate_elbo
+from pvae.infer.iwae import LogLikelihood, log_likelihood
+from pvae.infer.train import EpochStats, FitResult, fit
+from pvae.models import guides, likelihoods, nets, priors, variants
+from pvae.models.factory import build_vae, load_vae, vae_state
+from pvae.models.vae import VAE
+from pvae.viz import plots
+from pvae.viz.plots import plot_khat
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "anomaly",
@@ -54,6 +46,7 @@ __all__ = [
     "load_config",
     "save_config",
     "variants",
+    "ModelError",
     "data",
     "estimate_elbo",
     "fit",

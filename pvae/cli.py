@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pvae.checkpoint import load_vae
 from pvae.data import HELD_OUT_SEED, binarize, load_dataset
-from pvae.device import resolve_device
-from pvae.distributed import disconnect
-from pvae.iwae import log_likelihood, plot_khat
-from pvae.plots import save_sample_grid
+from pvae.infer.device import resolve_device
+from pvae.infer.distributed import disconnect
+from pvae.infer.iwae import log_likelihood
+from pvae.models.factory import load_vae
+from pvae.viz.plots import plot_khat, save_sample_grid
 
 # Prior draws decoded per batch by `pvae sample`: bounds memory for any --num-samples.
 _SAMPLE_BATCH = 10_000
@@ -186,7 +186,7 @@ def run_script(main, arguments, resume_flag: str | None = None) -> None:
 
         >>> run_script(main, parser().parse_args(), resume_flag="--resume")  # doctest: +SKIP
     """
-    from pvae.train import TrainingDiverged, TrainingInterrupted
+    from pvae.infer.train import TrainingDiverged, TrainingInterrupted
 
     warnings.formatwarning = _one_line_warning
     try:

@@ -30,13 +30,13 @@ from typing import Any
 import yaml
 
 from pvae.data import DATASETS
-from pvae.guides import GUIDES
-from pvae.likelihoods import LIKELIHOODS
-from pvae.nets import ACTIVATIONS, NETWORKS
-from pvae.objectives import OBJECTIVES
-from pvae.precision import check_precision
-from pvae.priors import PRIORS
-from pvae.registry import options_of
+from pvae.infer.objectives import OBJECTIVES
+from pvae.infer.precision import check_precision
+from pvae.models.guides import GUIDES
+from pvae.models.likelihoods import LIKELIHOODS
+from pvae.models.nets import ACTIVATIONS, NETWORKS
+from pvae.models.priors import PRIORS
+from pvae.models.registry import options_of
 
 # Objectives that honour poutine.scale on a site, which the beta-VAE's KL weight relies on.
 _SCALED_OBJECTIVES = ("elbo", "meanfield")

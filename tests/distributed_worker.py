@@ -102,4 +102,4 @@ if __name__ == "__main__":
     try:
         main(Path(sys.argv[1]))
     finally:
-        pvae.distributed.disconnect()
+        pvae.infer.distributed.disconnect()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import pvae
-from pvae.anomaly import _auroc_by_ranks, anomaly_scores, auroc, auroc_interval
+from pvae.analysis.anomaly import _auroc_by_ranks, anomaly_scores, auroc, auroc_interval
 
 
 def test_auroc_is_the_probability_that_an_anomaly_outscores_a_normal_image():

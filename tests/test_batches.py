@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import pvae
-from pvae import train
-from pvae.batches import DeviceBatches, HostBatches
 from pvae.data import DynamicBinarization
+from pvae.infer import train
+from pvae.infer.batches import DeviceBatches, HostBatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -33,8 +33,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pvae import log_likelihood
-from pvae.objectives import ScaleDataPlate, choose_objective
-from pvae.plates import inspect_model, trace_pair
+from pvae.infer.objectives import ScaleDataPlate, choose_objective
+from pvae.infer.plates import inspect_model, trace_pair
 
 N, D = 3, 2
 OBJECTIVES = ["elbo", "meanfield", "stl", "iwae", "dreg"]

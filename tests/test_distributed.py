@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pvae.distributed import Cluster
+from pvae.infer.distributed import Cluster
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 

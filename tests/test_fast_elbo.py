@@ -8,9 +8,9 @@ from pyro import poutine
 from pyro.distributions import constraints
 
 import pvae
-from pvae.fast_elbo import ReparameterizedELBO, supports
-from pvae.objectives import ScaleDataPlate
-from pvae.plates import trace_pair
+from pvae.infer.fast_elbo import ReparameterizedELBO, supports
+from pvae.infer.objectives import ScaleDataPlate
+from pvae.infer.plates import trace_pair
 
 
 def vae_pair():

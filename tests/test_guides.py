@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import pvae
-from pvae.guides import GUIDES, GaussianGuide, IAFGuide, make_guide
-from pvae.nets import GaussianEncoder, MLPDecoder
+from pvae.models.guides import GUIDES, GaussianGuide, IAFGuide, make_guide
+from pvae.models.nets import GaussianEncoder, MLPDecoder
 
 X_DIM = 12
 

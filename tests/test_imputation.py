@@ -8,7 +8,7 @@ import torch
 from pyro import poutine
 
 import pvae
-from pvae.imputation import (
+from pvae.analysis.imputation import (
     fill_missing,
     impute_importance,
     impute_nuts,

@@ -6,8 +6,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pvae.iwae import _LogWeightStats, _psis_khat, log_likelihood, plot_khat
-from pvae.objectives import ScaleDataPlate
+from pvae.infer.iwae import _LogWeightStats, _psis_khat, log_likelihood
+from pvae.infer.objectives import ScaleDataPlate
+from pvae.viz.plots import plot_khat
 
 X_DIM, Z_DIM = 3, 2
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import pvae
-from pvae.latent import interpolate, latent_activity, lerp, principal_components, slerp, traverse
+from pvae.analysis.latent import (
+    interpolate,
+    latent_activity,
+    lerp,
+    principal_components,
+    slerp,
+    traverse,
+)
 
 
 def test_slerp_follows_the_great_circle_at_constant_angular_speed():

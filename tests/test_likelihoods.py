@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import pvae
-from pvae.continuous_bernoulli import StableContinuousBernoulli
-from pvae.likelihoods import (
+from pvae.models.continuous_bernoulli import StableContinuousBernoulli
+from pvae.models.likelihoods import (
     LIKELIHOODS,
     BernoulliLikelihood,
     BinaryBernoulli,

@@ -5,7 +5,7 @@ import torch
 from pyro import poutine
 
 import pvae
-from pvae.nets import MLP, GaussianEncoder, MLPDecoder
+from pvae.models.nets import MLP, GaussianEncoder, MLPDecoder
 
 
 def traces(vae, x):

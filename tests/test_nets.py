@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pvae
-from pvae.nets import (
+from pvae.models.nets import (
     MLP,
     NETWORKS,
     ConvDecoder,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pvae
-from pvae.objectives import ScaleDataPlate, make_objective
+from pvae.infer.objectives import ScaleDataPlate, make_objective
 
 X_DIM, Z_DIM, NOISE = 3, 2, 0.7
 NAMES = ["W", "b", "A", "c", "log_s"]

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import pvae
-from pvae.train import EpochStats
+from pvae.infer.train import EpochStats
 
 
 def image(path):

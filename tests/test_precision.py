@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pvae
-from pvae.precision import matmul_precision
+from pvae.infer.precision import matmul_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FLAGS = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)

@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional
 
 import pvae
-from pvae.nets import GaussianEncoder
-from pvae.priors import (
+from pvae.models.nets import GaussianEncoder
+from pvae.models.priors import (
     PRIORS,
     DiagonalGaussianMixture,
     FlowPrior,

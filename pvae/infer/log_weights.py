@@ -1,6 +1,6 @@
 """Per-datapoint importance log-weights log p(x_n, z_nk) - log q(z_nk | x_n) from Pyro traces.
 
-Shared by the held-out estimator (:mod:`pvae.iwae`) and the importance-weighted training
+Shared by the held-out estimator (:mod:`pvae.infer.iwae`) and the importance-weighted training
 objectives (:mod:`pvae.objectives`): particles are vectorized in an extra plate to the left
 of the model's plates, and every site is reduced to shape [particles, datapoints].
 
@@ -25,7 +25,7 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
-from pvae.plates import DATA_PLATE, MINIBATCH_SCALE, enumerated
+from pvae.infer.plates import DATA_PLATE, MINIBATCH_SCALE, enumerated
 
 PARTICLE_PLATE = "iwae_particles"
 
@@ -59,7 +59,7 @@ def data_frame(site):
 
 def minibatch_scale(trace) -> float:
     """How much the ``"data"`` plate's sites are scaled up to stand for the whole dataset:
-    :class:`pvae.plates.ScaleDataPlate`'s factor times the plate's own subsampling (1 when
+    :class:`pvae.infer.plates.ScaleDataPlate`'s factor times the plate's own subsampling (1 when
     nothing scales them)."""
     for _, site in sample_sites(trace):
         frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)

@@ -38,9 +38,9 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional
 
-from pvae.continuous_bernoulli import StableContinuousBernoulli
 from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize
-from pvae.registry import build
+from pvae.models.continuous_bernoulli import StableContinuousBernoulli
+from pvae.models.registry import build
 
 NUM_LEVELS = 256  # 8-bit data: k in 0..255, x = k / 255
 

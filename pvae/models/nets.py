@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from pvae.registry import ModelError
+from pvae.models.registry import ModelError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

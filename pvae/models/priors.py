@@ -18,7 +18,7 @@ from pyro.nn import AutoRegressiveNN
 from torch import nn
 from torch.nn import functional
 
-from pvae.registry import build
+from pvae.models.registry import build
 
 # Mixture log-densities are evaluated in chunks of at most this many (point, component,
 # dimension) terms: IWAE evaluation scores ~1e5 latents at once against up to ~1e3 components.
@@ -190,7 +190,7 @@ class VampPrior(nn.Module):
 
     Example::
 
-        >>> from pvae.nets import GaussianEncoder
+        >>> from pvae.models.nets import GaussianEncoder
         >>> prior = VampPrior(4, GaussianEncoder(784, 4), x_dim=784, num_components=50)
         >>> prior().log_prob(torch.zeros(7, 4)).shape
         torch.Size([7])

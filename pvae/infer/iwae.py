@@ -19,17 +19,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
 from pyro import poutine
 
-from pvae.checks import check_model_data
-from pvae.device import resolve_device
-from pvae.distributed import connect
-from pvae.log_weights import (
+from pvae.infer.checks import check_model_data
+from pvae.infer.device import resolve_device
+from pvae.infer.distributed import connect
+from pvae.infer.log_weights import (
     PARTICLE_PLATE,
     data_frame,
     enumerating,
@@ -37,7 +36,7 @@ from pvae.log_weights import (
     per_datapoint_log_prob,
     sample_sites,
 )
-from pvae.plates import enumerated, inspect_model
+from pvae.infer.plates import enumerated, inspect_model
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
 # guide call under its own seed, so that the numbers do not depend on the chunk sizes.
@@ -141,7 +140,7 @@ def log_likelihood(
     scale the model sets (``poutine.scale``) or a subsampled plate inside the data plate is
     refused with a ``ValueError`` naming the site. Model latents marked
     ``infer={"enumerate": "parallel"}`` are summed out of each weight exactly. The data are
-    checked first (:func:`pvae.checks.check_model_data`): NaN/Inf and values outside the
+    checked first (:func:`pvae.infer.checks.check_model_data`): NaN/Inf and values outside the
     support of the model's observed sites are refused.
 
     Exactly K particles are used per datapoint, evaluated ``particle_chunk`` particles x
@@ -428,29 +427,3 @@ def _psis_khat(log_weights: np.ndarray) -> np.ndarray:
     _, khat = arviz.psislw(log_weights)
     khat = np.atleast_1d(np.asarray(khat, dtype=np.float64))
     return np.where(np.isfinite(khat), khat, np.nan)
-
-
-def plot_khat(result: LogLikelihood, path: str | Path) -> Path:
-    """Save a PNG scatter of k-hat per datapoint with the reliability threshold.
-
-    Example::
-
-        >>> plot_khat(result, "khat.png")  # doctest: +SKIP
-    """
-    # A bare Figure draws with Agg and leaves pyplot's global state (and backend) alone.
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4), dpi=100)
-    axes = figure.subplots()
-    khat = result.pareto_k.numpy()
-    axes.scatter(np.arange(khat.size), khat, s=6, alpha=0.6)
-    axes.axhline(result.khat_threshold, color="red", linestyle="--", label="threshold")
-    axes.set_xlabel("datapoint")
-    axes.set_ylabel("Pareto k̂")
-    axes.set_title(f"PSIS k̂ of the IWAE_{result.num_samples} weights")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    return path

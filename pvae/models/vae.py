@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pyro
@@ -15,13 +15,12 @@ from pyro.poutine.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional
 
-from pvae.guides import GaussianGuide, make_guide
-from pvae.likelihoods import BernoulliLikelihood, make_likelihood
-from pvae.log_weights import PARTICLE_PLATE
-from pvae.nets import make_networks
-from pvae.param_store import register_module
-from pvae.priors import StandardNormalPrior, make_prior
-from pvae.registry import ModelError
+from pvae.infer.log_weights import PARTICLE_PLATE
+from pvae.infer.param_store import register_module
+from pvae.models.guides import GaussianGuide
+from pvae.models.likelihoods import BernoulliLikelihood
+from pvae.models.priors import StandardNormalPrior
+from pvae.models.registry import ModelError
 
 
 def _has_parameters(module: nn.Module) -> bool:
@@ -66,7 +65,7 @@ class VAE(nn.Module):
 
     Example::
 
-        >>> from pvae.nets import GaussianEncoder, MLPDecoder
+        >>> from pvae.models.nets import GaussianEncoder, MLPDecoder
         >>> vae = VAE(GaussianEncoder(784, 20), MLPDecoder(20, 784))
         >>> x = torch.bernoulli(torch.full((5, 784), 0.3))
         >>> loss = pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
@@ -288,129 +287,3 @@ class VAE(nn.Module):
         ``None`` cycles through the classes (0, 1, ..., K-1, 0, ...).
         """
         return self.decode(self.prior().sample((num_samples,)), y)
-
-
-def build_vae(
-    x_dim: int,
-    z_dim: int = 50,
-    hidden_dims: Sequence[int] = (400,),
-    activation: str = "relu",
-    prior: str = "standard_normal",
-    likelihood: str = "bernoulli",
-    *,
-    guide: str = "gaussian",
-    network: str = "mlp",
-    image_shape: Sequence[int] | None = None,
-    channels: Sequence[int] = (32, 64),
-    prior_options: Mapping[str, Any] | None = None,
-    likelihood_options: Mapping[str, Any] | None = None,
-    guide_options: Mapping[str, Any] | None = None,
-    beta: float = 1.0,
-    warmup_epochs: int = 0,
-    num_classes: int = 0,
-    adversarial: bool = False,
-    adversarial_weight: float = 1.0,
-    discriminator_dims: Sequence[int] = (256, 256),
-) -> VAE:
-    """A VAE chosen by names and sizes; the arguments are kept (``model_args``) for checkpoints.
-
-    Every argument is a number, a string, a list or a dict of those, so a YAML file can hold
-    them. Names: ``prior`` in ``pvae.priors.PRIORS``, ``likelihood`` in
-    ``pvae.likelihoods.LIKELIHOODS``, ``guide`` in ``pvae.guides.GUIDES``, ``network`` in
-    ``pvae.nets.NETWORKS`` (``"conv"`` needs ``image_shape``, e.g. ``[1, 28, 28]``); the
-    ``*_options`` dicts are keyword arguments of the chosen class (e.g.
-    ``prior_options={"num_components": 20}``). ``beta``, ``warmup_epochs`` and
-    ``num_classes`` select the variants described in :class:`VAE`; ``adversarial=True``
-    builds a :class:`pvae.variants.AdversarialAutoencoder` instead (not an ELBO model), with
-    ``adversarial_weight`` and a discriminator of ``discriminator_dims``. The data stay flat
-    ``[N, x_dim]``, whatever the network.
-
-    Example::
-
-        >>> vae = build_vae(784, z_dim=20, hidden_dims=[400])
-        >>> vae.model_args["z_dim"]
-        20
-        >>> conv = build_vae(784, 8, network="conv", image_shape=[1, 28, 28], prior="vamp")
-    """
-    model_args = dict(
-        x_dim=x_dim,
-        z_dim=z_dim,
-        hidden_dims=list(hidden_dims),
-        activation=activation,
-        prior=prior,
-        likelihood=likelihood,
-        guide=guide,
-        network=network,
-        image_shape=list(image_shape) if image_shape is not None else None,
-        channels=list(channels),
-        prior_options=dict(prior_options or {}),
-        likelihood_options=dict(likelihood_options or {}),
-        guide_options=dict(guide_options or {}),
-        beta=beta,
-        warmup_epochs=warmup_epochs,
-        num_classes=num_classes,
-    )
-    if adversarial:
-        model_args.update(
-            adversarial=True,
-            adversarial_weight=adversarial_weight,
-            discriminator_dims=list(discriminator_dims),
-        )
-        _check_adversarial(model_args)
-    likelihood_module = make_likelihood(likelihood, **model_args["likelihood_options"])
-    guide_module = make_guide(guide, z_dim, **model_args["guide_options"])
-    encoder, decoder = make_networks(
-        network,
-        x_dim,
-        z_dim,
-        image_shape=image_shape,
-        hidden_dims=hidden_dims,
-        activation=activation,
-        channels=channels,
-        params_per_dim=likelihood_module.params_per_dim,
-        context_dim=guide_module.context_dim,
-        cond_dim=num_classes,
-    )
-    prior_module = make_prior(prior, z_dim, encoder, x_dim, **model_args["prior_options"])
-    if adversarial:
-        from pvae.variants import AdversarialAutoencoder
-
-        aae = AdversarialAutoencoder(
-            encoder,
-            decoder,
-            prior_module,
-            likelihood_module,
-            discriminator_dims=discriminator_dims,
-            adversarial_weight=adversarial_weight,
-            x_shape=(x_dim,),
-        )
-        aae.model_args = model_args
-        return aae
-    vae = VAE(
-        encoder,
-        decoder,
-        prior=prior_module,
-        likelihood=likelihood_module,
-        guide_family=guide_module,
-        beta=beta,
-        warmup_epochs=warmup_epochs,
-        num_classes=num_classes,
-        x_shape=(x_dim,),
-    )
-    vae.model_args = model_args
-    return vae
-
-
-def _check_adversarial(model_args: dict[str, Any]) -> None:
-    """The adversarial autoencoder has a deterministic encoder, no KL term and no labels."""
-    conflicts = {
-        "guide": (model_args["guide"] != "gaussian", "its encoder is deterministic"),
-        "beta": (model_args["beta"] != 1 or model_args["warmup_epochs"] > 0, "it has no KL term"),
-        "num_classes": (model_args["num_classes"] > 0, "it is unconditional"),
-    }
-    for key, (conflict, reason) in conflicts.items():
-        if conflict:
-            raise ValueError(
-                f"the adversarial autoencoder takes no {key} setting ({reason}): drop it, or "
-                "drop adversarial"
-            )

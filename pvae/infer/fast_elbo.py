@@ -19,7 +19,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from pvae.log_weights import sample_sites
+from pvae.infer.log_weights import sample_sites
 
 
 class _Accumulate(Messenger):

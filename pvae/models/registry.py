@@ -12,17 +12,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from pvae.errors import ModelError
 
-class ModelError(ValueError):
-    """A ``ValueError`` raised while a model or guide runs, that stays one line.
-
-    Pyro's tracer re-raises a ``ValueError`` from inside a model with the trace's shapes
-    appended to its message; for errors about the user's data or settings those shapes are
-    noise, so this class keeps the first line only.
-    """
-
-    def __init__(self, message: str = ""):
-        super().__init__(str(message).split("\n")[0])
+__all__ = ["ModelError", "build", "options_of"]
 
 
 def options_of(cls: type) -> list[str]:
@@ -47,7 +39,7 @@ def build(
 
     Example::
 
-        >>> from pvae.priors import PRIORS
+        >>> from pvae.models.priors import PRIORS
         >>> build(PRIORS, "prior", "mog", {"z_dim": 2}, {"num_components": 3}).num_components
         3
     """

@@ -12,11 +12,43 @@ from __future__ import annotations
 import pyro
 import torch
 
-from pvae.data import check_data
-from pvae.log_weights import sample_sites
-from pvae.plates import trace_pair
+from pvae.infer.log_weights import sample_sites
+from pvae.infer.plates import trace_pair
 
 _ROWS_TRACED = 16
+
+
+def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2) -> None:
+    """Raise one clear ``ValueError`` if ``x`` is not a non-empty, finite, floating tensor.
+
+    Example::
+
+        >>> check_data(torch.tensor([[0.0, float("nan")]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: data has 1 NaN/Inf values (first at index (0, 1)): drop or impute them first
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}: expected [num_datapoints, ...features]; "
+            "for a single datapoint use x.unsqueeze(0)"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to train on")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} has dtype {x.dtype}: convert to floating point, e.g. x.float() / 255 "
+            "for 8-bit images"
+        )
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        first = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise ValueError(
+            f"{name} has {int((~finite).sum())} NaN/Inf values (first at index {first}): "
+            "drop or impute them first"
+        )
 
 
 def check_model_data(model, guide, tensors: tuple[torch.Tensor, ...], name: str = "data") -> None:

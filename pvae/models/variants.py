@@ -16,10 +16,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional
 
-from pvae.models import VAE, _in_particle_plate
-from pvae.nets import MLP
-from pvae.param_store import register_module
-from pvae.registry import ModelError
+from pvae.infer.param_store import register_module
+from pvae.models.nets import MLP
+from pvae.models.registry import ModelError
+from pvae.models.vae import VAE, _in_particle_plate
 
 
 class _FlatDensity(dist.ImproperUniform):

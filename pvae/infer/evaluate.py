@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyro
 import torch
 
-from pvae.checks import check_model_data
-from pvae.objectives import ScaleDataPlate, choose_objective, inspect_model
-from pvae.plates import trace_pair
+from pvae.infer.checks import check_model_data
+from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
+from pvae.infer.plates import trace_pair
 
 
 def _as_tuple(data) -> tuple[torch.Tensor, ...]:
@@ -25,7 +25,7 @@ def estimate_elbo(
     latents) would be counted once per chunk: this is a per-datapoint figure for models whose
     latents are all local, as a VAE's are. With ``device``, chunks are copied there first
     (data in host memory, networks on the GPU). The data are checked first as training data
-    are (:func:`pvae.checks.check_model_data`); enumerated discrete latents are summed out
+    are (:func:`pvae.infer.checks.check_model_data`); enumerated discrete latents are summed out
     (TraceEnum_ELBO).
 
     Example::

@@ -19,19 +19,19 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from pvae import param_store
-from pvae.batches import DeviceBatches, HostBatches
-from pvae.checkpoint import load_checkpoint, save_checkpoint
-from pvae.checks import check_model_data
-from pvae.data import check_data
-from pvae.device import resolve_device
-from pvae.distributed import Cluster, connect
-from pvae.evaluate import _as_tuple, elbo_of_checked_data
-from pvae.fast_elbo import ReparameterizedELBO
-from pvae.objectives import ScaleDataPlate, choose_objective, inspect_model
-from pvae.plates import trace_pair
-from pvae.precision import autocast, check_precision, matmul_precision
-from pvae.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
+from pvae.errors import TrainingDiverged, TrainingInterrupted
+from pvae.infer import param_store
+from pvae.infer.batches import DeviceBatches, HostBatches
+from pvae.infer.checkpoint import load_checkpoint, save_checkpoint
+from pvae.infer.checks import check_data, check_model_data
+from pvae.infer.device import resolve_device
+from pvae.infer.distributed import Cluster, connect
+from pvae.infer.evaluate import _as_tuple, elbo_of_checked_data
+from pvae.infer.fast_elbo import ReparameterizedELBO
+from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
+from pvae.infer.plates import trace_pair
+from pvae.infer.precision import autocast, check_precision, matmul_precision
+from pvae.infer.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
 
 
 @dataclasses.dataclass
@@ -43,20 +43,6 @@ class EpochStats:
     train_bound: float
     held_out_elbo: float | None
     seconds: float
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped :func:`fit` after a step; the checkpoint (if any) is saved."""
-
-    def __init__(self, signum: int, epoch: int, step: int, checkpoint: Path | None):
-        self.signum, self.epoch, self.step, self.checkpoint = signum, epoch, step, checkpoint
-        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint_path given"
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} received: stopped at epoch {epoch}, step {step}; {where}")
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or the gradients became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -113,7 +99,8 @@ def _parameters(elbo, model, guide, batch) -> dict[str, torch.Tensor]:
 
     Entries that an earlier model left in Pyro's store under the names this model's
     ``pyro.module`` uses are pointed to this model's own tensors first (see
-    :mod:`pvae.param_store`): otherwise the optimizer would train tensors nobody computes with.
+    :mod:`pvae.infer.param_store`): otherwise the optimizer would train tensors nobody
+    computes with.
     """
     for attempt in range(2):
         with pyro.validation_enabled(True), poutine.trace(param_only=True) as capture:

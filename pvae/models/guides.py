@@ -15,7 +15,7 @@ import torch
 from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
 from torch import nn
 
-from pvae.registry import ModelError, build
+from pvae.models.registry import ModelError, build
 
 
 class GaussianGuide(nn.Module):

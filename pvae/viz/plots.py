@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pvae.iwae import plot_khat
-from pvae.latent import interpolate, posterior_means, principal_components, traverse
+from pvae.analysis.latent import interpolate, posterior_means, principal_components, traverse
+from pvae.infer.iwae import LogLikelihood
 
 __all__ = [
     "plot_khat",
@@ -343,6 +343,32 @@ def save_training_curves(history: Sequence, path: str | Path) -> Path:
         axes.plot(*zip(*held_out, strict=True), label="held-out ELBO")
     axes.set_xlabel("epoch")
     axes.set_ylabel("nats per datapoint")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def plot_khat(result: LogLikelihood, path: str | Path) -> Path:
+    """Save a PNG scatter of k-hat per datapoint with the reliability threshold.
+
+    Example::
+
+        >>> plot_khat(result, "khat.png")  # doctest: +SKIP
+    """
+    # A bare Figure draws with Agg and leaves pyplot's global state (and backend) alone.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.subplots()
+    khat = result.pareto_k.numpy()
+    axes.scatter(np.arange(khat.size), khat, s=6, alpha=0.6)
+    axes.axhline(result.khat_threshold, color="red", linestyle="--", label="threshold")
+    axes.set_xlabel("datapoint")
+    axes.set_ylabel("Pareto k̂")
+    axes.set_title(f"PSIS k̂ of the IWAE_{result.num_samples} weights")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pvae.iwae import LogLikelihood, log_likelihood
+from pvae.infer.iwae import LogLikelihood, log_likelihood
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,9 +9,9 @@ import pyro.infer
 import torch
 from pyro import poutine
 
-from pvae.fast_elbo import ReparameterizedELBO
-from pvae.fast_elbo import supports as supports_fast_elbo
-from pvae.log_weights import (
+from pvae.infer.fast_elbo import ReparameterizedELBO
+from pvae.infer.fast_elbo import supports as supports_fast_elbo
+from pvae.infer.log_weights import (
     PARTICLE_PLATE,
     data_frame,
     enumerating,
@@ -22,7 +22,7 @@ from pvae.log_weights import (
     sample_sites,
     single_plain_site,
 )
-from pvae.plates import DATA_PLATE, ScaleDataPlate, enumerated, inspect_model
+from pvae.infer.plates import DATA_PLATE, ScaleDataPlate, enumerated, inspect_model
 
 __all__ = ["DATA_PLATE", "ScaleDataPlate", "choose_objective", "inspect_model", "make_objective"]
 
@@ -180,12 +180,12 @@ OBJECTIVES = [*PYRO_OBJECTIVES, *PARTICLE_OBJECTIVES]
 def choose_objective(name: str, num_particles: int, nesting: int, traces: tuple):
     """The objective :func:`pvae.fit` trains with, for a model/guide of this structure.
 
-    ``traces`` are the (guide, model) traces of :func:`pvae.plates.trace_pair`. Discrete
+    ``traces`` are the (guide, model) traces of :func:`pvae.infer.plates.trace_pair`. Discrete
     latents marked ``infer={"enumerate": "parallel"}`` are summed out exactly: ``"elbo"``
     becomes Pyro's ``TraceEnum_ELBO`` (model or guide enumeration), the importance-weighted
     objectives sum model-side ones out of each log-weight; what has no valid bound is
     refused. ``"elbo"`` with every guide latent reparameterized takes
-    :class:`pvae.fast_elbo.ReparameterizedELBO`, Trace_ELBO's estimator without its overhead.
+    :class:`pvae.infer.fast_elbo.ReparameterizedELBO`, Trace_ELBO's estimator without its overhead.
 
     Example::
 

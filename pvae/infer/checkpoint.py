@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from pvae.models import VAE, build_vae
 
 FORMAT = "pvae-checkpoint"
 FORMAT_VERSION = 1
@@ -75,33 +74,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def vae_state(vae: VAE, **extra: Any) -> dict[str, Any]:
-    """The checkpoint dictionary of a VAE made by :func:`pvae.build_vae`, plus ``extra`` entries."""
-    from pvae import __version__
-
-    return {
-        "pvae_version": __version__,
-        "model_args": vae.model_args,
-        "model": vae.state_dict(),
-        **extra,
-    }
-
-
-def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the VAE saved in a checkpoint; returns it with the whole checkpoint dictionary.
-
-    Example::
-
-        >>> vae, state = load_vae("runs/mnist/checkpoint.pt")  # doctest: +SKIP
-    """
-    state = load_checkpoint(path)
-    if not state.get("model_args"):
-        raise ValueError(f"{path} holds no VAE architecture (model_args): cannot rebuild it")
-    vae = build_vae(**state["model_args"])
+def package_version() -> str:
+    """The installed pvae's version, recorded in checkpoints (from the package metadata)."""
     try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(
-            f"{path} does not match the architecture it declares: {str(error).splitlines()[0]}"
-        ) from error
-    return vae.to(device), state
+        return importlib.metadata.version("pyro-vae")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"

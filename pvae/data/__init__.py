@@ -1,0 +1,35 @@
+"""Datasets (loaders of image data) and their preparation for a likelihood (binarization)."""
+
+from pvae.data.datasets import (
+    DATASETS,
+    FASHION_MNIST_DIR,
+    IDX_DTYPES,
+    ImageData,
+    default_data_dir,
+    default_fashion_mnist_dir,
+    load_dataset,
+    load_fashion_mnist,
+    load_mnist,
+    load_offline_mnist,
+    read_idx,
+    stratified_split,
+)
+from pvae.data.transforms import HELD_OUT_SEED, DynamicBinarization, binarize
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_DIR",
+    "HELD_OUT_SEED",
+    "IDX_DTYPES",
+    "DynamicBinarization",
+    "ImageData",
+    "binarize",
+    "default_data_dir",
+    "default_fashion_mnist_dir",
+    "load_dataset",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_offline_mnist",
+    "read_idx",
+    "stratified_split",
+]

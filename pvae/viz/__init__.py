@@ -1,0 +1,1 @@
+"""Every picture pvae makes (samples, reconstructions, latent maps, anomaly and k-hat plots)."""

@@ -1,0 +1,42 @@
+"""The layers hold: `lint-imports` passes on pvae and fails on an import against them."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    if not LINT_IMPORTS.exists():
+        pytest.fail("lint-imports is missing: install the dev extras (pip install -e '.[dev]')")
+    # The copy under test comes first on the path, ahead of the installed pvae.
+    environment = {"PYTHONPATH": str(root), "PATH": str(LINT_IMPORTS.parent)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_package_keeps_its_layers():
+    done = lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+def test_an_import_of_the_model_zoo_from_the_core_breaks_the_contract(tmp_path):
+    shutil.copytree(ROOT / "pvae", tmp_path / "pvae", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    plates = tmp_path / "pvae" / "infer" / "plates.py"
+    plates.write_text(plates.read_text() + "\nfrom pvae.models.nets import MLP  # noqa\n")
+    done = lint_imports(tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "pvae.infer.plates -> pvae.models.nets" in done.stdout
