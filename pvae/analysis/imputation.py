@@ -37,8 +37,8 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.poutine.messenger import Messenger
 
-from pvae.infer.log_weights import PARTICLE_PLATE, particle_log_weights, sample_sites
-from pvae.infer.plates import inspect_model
+from pvae.infer.log_weights import particle_log_weights, sample_sites
+from pvae.infer.plates import PARTICLE_PLATE, inspect_model
 
 # Particles x datapoints per vectorized model call: bounds the decoder's outputs (times the
 # pixels) to a few hundred MB on the CPU.

@@ -10,7 +10,14 @@ from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_mode
 from pvae.infer.plates import trace_pair
 
 
-def _as_tuple(data) -> tuple[torch.Tensor, ...]:
+def as_tuple(data) -> tuple[torch.Tensor, ...]:
+    """``data`` as the tuple of tensors passed to ``model(*batch)``: a tensor becomes (x,).
+
+    Example::
+
+        >>> len(as_tuple(torch.zeros(3, 2))), len(as_tuple((torch.zeros(3), torch.ones(3))))
+        (1, 2)
+    """
     return tuple(data) if isinstance(data, (tuple, list)) else (data,)
 
 
@@ -33,7 +40,7 @@ def estimate_elbo(
         >>> estimate_elbo(vae.model, vae.guide, test_x)  # doctest: +SKIP
         -98.7
     """
-    tensors = _as_tuple(data)
+    tensors = as_tuple(data)
     device = tensors[0].device if device is None else torch.device(device)
     check_model_data(model, guide, tuple(t[:batch_size].to(device) for t in tensors))
     return elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, device)

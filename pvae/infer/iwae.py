@@ -29,14 +29,13 @@ from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import connect
 from pvae.infer.log_weights import (
-    PARTICLE_PLATE,
     data_frame,
     enumerating,
     model_log_joint,
     per_datapoint_log_prob,
     sample_sites,
 )
-from pvae.infer.plates import enumerated, inspect_model
+from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
 # guide call under its own seed, so that the numbers do not depend on the chunk sizes.

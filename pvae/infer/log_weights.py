@@ -25,9 +25,7 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
-from pvae.infer.plates import DATA_PLATE, MINIBATCH_SCALE, enumerated
-
-PARTICLE_PLATE = "iwae_particles"
+from pvae.infer.plates import DATA_PLATE, MINIBATCH_SCALE, PARTICLE_PLATE, enumerated
 
 
 def sample_sites(trace):

@@ -12,7 +12,6 @@ from pyro import poutine
 from pvae.infer.fast_elbo import ReparameterizedELBO
 from pvae.infer.fast_elbo import supports as supports_fast_elbo
 from pvae.infer.log_weights import (
-    PARTICLE_PLATE,
     data_frame,
     enumerating,
     guide_log_density,
@@ -22,7 +21,13 @@ from pvae.infer.log_weights import (
     sample_sites,
     single_plain_site,
 )
-from pvae.infer.plates import DATA_PLATE, ScaleDataPlate, enumerated, inspect_model
+from pvae.infer.plates import (
+    DATA_PLATE,
+    PARTICLE_PLATE,
+    ScaleDataPlate,
+    enumerated,
+    inspect_model,
+)
 
 __all__ = ["DATA_PLATE", "ScaleDataPlate", "choose_objective", "inspect_model", "make_objective"]
 

@@ -7,6 +7,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 DATA_PLATE = "data"
+# The plate pvae vectorizes particles in, left of the model's own plates.
+PARTICLE_PLATE = "iwae_particles"
 # Where ScaleDataPlate records the factor it applied, so that per-datapoint bounds can tell the
 # minibatch scale apart from scales the model sets itself (poutine.scale, nested subsampling).
 MINIBATCH_SCALE = "_pvae_minibatch_scale"

@@ -26,7 +26,7 @@ from pvae.infer.checkpoint import load_checkpoint, save_checkpoint
 from pvae.infer.checks import check_data, check_model_data
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import Cluster, connect
-from pvae.infer.evaluate import _as_tuple, elbo_of_checked_data
+from pvae.infer.evaluate import as_tuple, elbo_of_checked_data
 from pvae.infer.fast_elbo import ReparameterizedELBO
 from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.infer.plates import trace_pair
@@ -224,9 +224,9 @@ def fit(
     must be too. ``transform`` is applied to the first tensor of each minibatch (e.g.
     :class:`pvae.data.DynamicBinarization`). The first step runs with Pyro's validation on;
     if ``model`` is a method of an object with ``check_data`` (as :class:`pvae.VAE`), the
-    data are checked against the likelihood's support before it. Pyro's global parameter
-    store is used as usual: call ``pyro.clear_param_store()`` before training a fresh model
-    whose parameter names an earlier one already used.
+    data are checked against the likelihood's support before it. Entries an earlier model
+    left in Pyro's global parameter store under the ``pyro.module`` names of this one are
+    pointed to this model's own networks, with a warning (:mod:`pvae.infer.param_store`).
 
     Args:
         objective: ``"elbo"`` (Trace_ELBO), ``"meanfield"`` (TraceMeanField_ELBO,
@@ -274,13 +274,13 @@ def fit(
         >>> result.history[-1].train_bound  # doctest: +SKIP
         -105.3
     """
-    tensors = _as_tuple(data)
+    tensors = as_tuple(data)
     device = _training_device(tensors[0].device, device)
     _check_arguments(tensors, num_epochs, batch_size, learning_rate)
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
     check_precision(precision)
-    held_out_tensors = _as_tuple(held_out) if held_out is not None else None
+    held_out_tensors = as_tuple(held_out) if held_out is not None else None
     if transform is not None and hasattr(transform, "check_data"):
         transform.check_data(tensors[0])
     saved = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume

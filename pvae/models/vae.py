@@ -10,13 +10,13 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.runtime import _PYRO_STACK
+from pyro.poutine.runtime import get_plates
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional
 
-from pvae.infer.log_weights import PARTICLE_PLATE
 from pvae.infer.param_store import register_module
+from pvae.infer.plates import PARTICLE_PLATE
 from pvae.models.guides import GaussianGuide
 from pvae.models.likelihoods import BernoulliLikelihood
 from pvae.models.priors import StandardNormalPrior
@@ -28,7 +28,7 @@ def _has_parameters(module: nn.Module) -> bool:
 
 
 def _in_particle_plate() -> bool:
-    return any(getattr(frame, "name", None) == PARTICLE_PLATE for frame in _PYRO_STACK)
+    return any(frame.name == PARTICLE_PLATE for frame in get_plates())
 
 
 class VAE(nn.Module):
