@@ -274,174 +274,263 @@ def fit(
         >>> result.history[-1].train_bound  # doctest: +SKIP
         -105.3
     """
-    tensors = as_tuple(data)
-    device = _training_device(tensors[0].device, device)
-    _check_arguments(tensors, num_epochs, batch_size, learning_rate)
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
-    check_precision(precision)
-    held_out_tensors = as_tuple(held_out) if held_out is not None else None
-    if transform is not None and hasattr(transform, "check_data"):
-        transform.check_data(tensors[0])
-    saved = load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume
-    if saved is not None and "training" not in saved:
-        raise ValueError("the checkpoint to resume from holds no training state (not from fit)")
+    run = _Run(
+        model,
+        guide,
+        as_tuple(data),
+        _Settings(
+            num_epochs,
+            batch_size,
+            learning_rate,
+            objective,
+            num_particles,
+            transform,
+            seed,
+            clip_norm,
+            csv_path,
+            checkpoint_path,
+            checkpoint_extra,
+            precision,
+            on_epoch_end,
+            progress,
+        ),
+        device,
+        distributed,
+    )
+    run.prepare(as_tuple(held_out) if held_out is not None else None, optimizer)
+    run.restore(load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume)
+    return run.train()
 
-    num_data = tensors[0].shape[0]
-    if device == tensors[0].device:
-        batches = DeviceBatches(tensors)
-    else:
-        batches = HostBatches(tensors, device, batch_size)
-    # The minibatch order lives where the rows are gathered.
-    order_device = batches.tensors[0].device
-    cluster = connect(device, distributed)
-    if cluster.active and batch_size < cluster.world_size:
-        raise ValueError(
-            f"batch_size {batch_size} is smaller than the {cluster.world_size} processes: "
-            "the global batch is split among them"
-        )
-    # One seed for the minibatch order, the same on every rank; the draws of each rank
-    # (guide noise, binarization) come from its own seed.
-    base_seed = seed if seed is not None else int(torch.randint(2**31, (), device="cpu"))
-    base_seed = cluster.broadcast_int(base_seed, device)
-    if seed is not None or cluster.active:
-        pyro.set_rng_seed(base_seed + cluster.rank)
 
-    first = _transformed(tuple(t[:batch_size].to(device) for t in tensors), transform)
-    _check_support(model, transform, tensors[0], first[0])
-    check_model_data(model, guide, first)
-    if held_out_tensors is not None:
-        held_out_first = tuple(t[:batch_size].to(device) for t in held_out_tensors)
-        check_data(held_out_tensors[0], name="held-out data")
-        check_model_data(model, guide, held_out_first, name="held-out data")
-    with pyro.validation_enabled(True):
-        traces = trace_pair(model, guide, *first)
-        nesting = inspect_model(model, guide, traces=traces)
-    elbo = choose_objective(objective, num_particles, nesting, traces)
-    scale = ScaleDataPlate(num_data)
-    scaled_model, scaled_guide = scale(model), scale(guide)
-    params = _parameters(elbo, scaled_model, scaled_guide, first)
-    if not params:
-        raise ValueError(
-            "the model and guide have no parameters to train: register networks with "
-            "pyro.module(...) or parameters with pyro.param(...)"
-        )
-    _check_devices(list(params.values()), device)
-    cluster.broadcast_(params.values())  # every rank starts from rank 0's initial weights
-    if isinstance(elbo, ReparameterizedELBO):
-        elbo.cache_parameters(params)
-    if optimizer is None:
-        optimizer = adam(list(params.values()), learning_rate)
+@dataclasses.dataclass
+class _Settings:
+    """fit's arguments that hold for the whole run."""
 
-    state = _Progress(seed=base_seed)
-    if saved is not None:
-        restore_parameters(params, {k: v.to(device) for k, v in saved["params"].items()})
-        optimizer.load_state_dict(saved["optimizer"])
-        state = _Progress.from_dict(saved["training"])
-        if state.order is not None:
-            state.order, state.loss_sum = state.order.to(order_device), state.loss_sum.to(device)
-        _restore_rng(saved["rng"], cluster, state)
+    num_epochs: int
+    batch_size: int
+    learning_rate: float
+    objective: str
+    num_particles: int
+    transform: Callable | None
+    seed: int | None
+    clip_norm: float | None
+    csv_path: str | Path | None
+    checkpoint_path: str | Path | None
+    checkpoint_extra: Callable[[], dict[str, Any]] | None
+    precision: str
+    on_epoch_end: Callable[[EpochStats], None] | None
+    progress: bool | None
 
-    def save(path) -> None:
+
+class _Run:
+    """One call of :func:`fit`, as named steps: check and place the data, choose the
+    objective and find the parameters (prepare), restore a checkpoint, then epochs of
+    steps, each epoch finished by its figures and a checkpoint."""
+
+    def __init__(self, model, guide, tensors, settings: _Settings, device, distributed):
+        self.model, self.guide, self.tensors, self.settings = model, guide, tensors, settings
+        self.device = _training_device(tensors[0].device, device)
+        _check_arguments(tensors, settings.num_epochs, settings.batch_size, settings.learning_rate)
+        if settings.clip_norm is not None and not settings.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {settings.clip_norm}")
+        check_precision(settings.precision)
+        if settings.transform is not None and hasattr(settings.transform, "check_data"):
+            settings.transform.check_data(tensors[0])
+        self.num_data = tensors[0].shape[0]
+        if self.device == tensors[0].device:
+            self.batches = DeviceBatches(tensors)
+        else:
+            self.batches = HostBatches(tensors, self.device, settings.batch_size)
+        # The minibatch order lives where the rows are gathered.
+        self.order_device = self.batches.tensors[0].device
+        self.cluster = connect(self.device, distributed)
+        if self.cluster.active and settings.batch_size < self.cluster.world_size:
+            raise ValueError(
+                f"batch_size {settings.batch_size} is smaller than the "
+                f"{self.cluster.world_size} processes: the global batch is split among them"
+            )
+
+    def prepare(self, held_out, optimizer) -> None:
+        """Seeds, data checks, the objective, the parameters and the optimizer."""
+        settings, cluster, device = self.settings, self.cluster, self.device
+        # One seed for the minibatch order, the same on every rank; the draws of each rank
+        # (guide noise, binarization) come from its own seed.
+        seed = settings.seed
+        base_seed = seed if seed is not None else int(torch.randint(2**31, (), device="cpu"))
+        base_seed = cluster.broadcast_int(base_seed, device)
+        if seed is not None or cluster.active:
+            pyro.set_rng_seed(base_seed + cluster.rank)
+        self.state = _Progress(seed=base_seed)
+        first = self._batch(tuple(t[: settings.batch_size].to(device) for t in self.tensors))
+        self._check_data(first, held_out)
+        with pyro.validation_enabled(True):
+            traces = trace_pair(self.model, self.guide, *first)
+            nesting = inspect_model(self.model, self.guide, traces=traces)
+        self.elbo = choose_objective(settings.objective, settings.num_particles, nesting, traces)
+        self.scale = ScaleDataPlate(self.num_data)
+        self.scaled_model, self.scaled_guide = self.scale(self.model), self.scale(self.guide)
+        self.params = _parameters(self.elbo, self.scaled_model, self.scaled_guide, first)
+        if not self.params:
+            raise ValueError(
+                "the model and guide have no parameters to train: register networks with "
+                "pyro.module(...) or parameters with pyro.param(...)"
+            )
+        _check_devices(list(self.params.values()), device)
+        cluster.broadcast_(self.params.values())  # every rank starts from rank 0's weights
+        if isinstance(self.elbo, ReparameterizedELBO):
+            self.elbo.cache_parameters(self.params)
+        if optimizer is None:
+            optimizer = adam(list(self.params.values()), settings.learning_rate)
+        self.optimizer = optimizer
+
+    def _check_data(self, first, held_out) -> None:
+        _check_support(self.model, self.settings.transform, self.tensors[0], first[0])
+        check_model_data(self.model, self.guide, first)
+        self.held_out = held_out
+        if held_out is not None:
+            held_out_first = tuple(t[: self.settings.batch_size].to(self.device) for t in held_out)
+            check_data(held_out[0], name="held-out data")
+            check_model_data(self.model, self.guide, held_out_first, name="held-out data")
+
+    def _batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return _transformed(batch, self.settings.transform)
+
+    def restore(self, saved: dict | None) -> None:
+        """Continue from a checkpoint of :func:`fit`: parameters, optimizer, progress, RNGs."""
+        if saved is None:
+            return
+        if "training" not in saved:
+            raise ValueError("the checkpoint to resume from holds no training state (not from fit)")
+        saved_params = {k: v.to(self.device) for k, v in saved["params"].items()}
+        restore_parameters(self.params, saved_params)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = _Progress.from_dict(saved["training"])
+        if self.state.order is not None:
+            self.state.order = self.state.order.to(self.order_device)
+            self.state.loss_sum = self.state.loss_sum.to(self.device)
+        _restore_rng(saved["rng"], self.cluster, self.state)
+
+    def save(self) -> None:
+        path = self.settings.checkpoint_path
         if path is None:
             return
-        rng = cluster.gather_objects(rng_state())  # a collective: every rank takes part
-        if cluster.is_main:
-            extra = checkpoint_extra() if checkpoint_extra is not None else {}
+        rng = self.cluster.gather_objects(rng_state())  # a collective: every rank takes part
+        if self.cluster.is_main:
+            extra = self.settings.checkpoint_extra
             save_checkpoint(
                 path,
                 {
-                    **extra,
-                    "params": {name: p.detach() for name, p in params.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "training": state.to_dict(),
+                    **(extra() if extra is not None else {}),
+                    "params": {name: p.detach() for name, p in self.params.items()},
+                    "optimizer": self.optimizer.state_dict(),
+                    "training": self.state.to_dict(),
                     "rng": rng,
-                    "epoch": state.epoch,
+                    "epoch": self.state.epoch,
                 },
             )
-        cluster.barrier()  # no rank goes on (and may resume from it) before the file is there
+        self.cluster.barrier()  # no rank goes on (and may resume from it) before the file is there
 
-    param_list = list(params.values())
-    no_stop, stop_flag = torch.zeros(1, device=device), torch.ones(1, device=device)
+    def train(self) -> FitResult:
+        """Epochs until ``num_epochs`` in all (a resumed run counts those it resumed from)."""
+        settings, state = self.settings, self.state
+        self.param_list = list(self.params.values())
+        self.flags = torch.zeros(1, device=self.device), torch.ones(1, device=self.device)
+        self.log = _CsvLog(settings.csv_path if self.cluster.is_main else None, state.history)
+        self.steps_per_epoch = math.ceil(self.num_data / settings.batch_size)
+        show = settings.progress if settings.progress is not None else progress_enabled()
+        remaining = max(settings.num_epochs - state.epoch, 0) * self.steps_per_epoch
+        bar = tqdm(
+            total=max(remaining - state.epoch_steps, 0),
+            disable=not (show and self.cluster.is_main),
+            unit="step",
+            leave=False,
+        )
+        precision = matmul_precision(settings.precision)
+        with bar, pyro.validation_enabled(False), precision, StopRequests() as stop:
+            while state.epoch < settings.num_epochs:
+                started = time.perf_counter()
+                self._epoch_steps(bar, stop)
+                self._finish_epoch(bar, time.perf_counter() - started)
+        return FitResult(history=state.history, optimizer=self.optimizer, num_steps=state.num_steps)
 
-    def step(
-        global_indices: torch.Tensor, upcoming: torch.Tensor, stop_requested: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _epoch_steps(self, bar, stop: StopRequests) -> None:
+        """The rest of the current epoch's steps (all of them, unless resumed mid-epoch)."""
+        state, batch_size = self.state, self.settings.batch_size
+        if state.order is None:
+            state.order = _permutation(self.num_data, state.seed, state.epoch, self.order_device)
+            state.next_start, state.epoch_steps = 0, 0
+            # Losses stay on the device and are read once per epoch: no sync per step.
+            state.loss_sum = torch.zeros((), device=self.device)
+        while state.next_start < self.num_data:
+            start = state.next_start
+            indices = state.order[start : start + batch_size]
+            upcoming = state.order[start + batch_size : start + 2 * batch_size]
+            loss, stops = self._step(indices, upcoming, stop.received is not None)
+            state.loss_sum += loss
+            state.next_start += batch_size
+            state.epoch_steps += 1
+            state.num_steps += 1
+            bar.update()
+            if _stop_now(stop, stops, self.cluster, state.num_steps):
+                self.save()
+                path = self.settings.checkpoint_path
+                raise TrainingInterrupted(
+                    stop.received or signal.SIGTERM,
+                    state.epoch + 1,
+                    state.epoch_steps,
+                    Path(path) if path is not None else None,
+                )
+
+    def _step(self, global_indices, upcoming, stop_requested: bool):
         """One optimizer step on this rank's share; returns its loss and the summed stop flag.
         ``upcoming`` are the next step's global indices, to fetch while this one computes."""
-        optimizer.zero_grad(set_to_none=True)
-        indices = cluster.shard(global_indices)
-        loss = torch.zeros((), device=device)
+        self.optimizer.zero_grad(set_to_none=True)
+        indices = self.cluster.shard(global_indices)
+        loss = torch.zeros((), device=self.device)
         if indices.numel() > 0:
             # Scaled so that the losses of all ranks sum to the global batch's estimate.
-            scale.num_data = num_data * indices.numel() / global_indices.numel()
-            batch = _transformed(batches.get(indices), transform)
-            with autocast(precision, device):
-                loss = elbo.differentiable_loss(scaled_model, scaled_guide, *batch)
+            self.scale.num_data = self.num_data * indices.numel() / global_indices.numel()
+            batch = self._batch(self.batches.get(indices))
+            with autocast(self.settings.precision, self.device):
+                loss = self.elbo.differentiable_loss(self.scaled_model, self.scaled_guide, *batch)
             loss.backward()
-        stops = cluster.sum_gradients(param_list, stop_flag if stop_requested else no_stop)
-        if clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(param_list, clip_norm)
+        no_stop, stop_flag = self.flags
+        stops = self.cluster.sum_gradients(
+            self.param_list, stop_flag if stop_requested else no_stop
+        )
+        if self.settings.clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.param_list, self.settings.clip_norm)
             loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
-        optimizer.step()
-        batches.prefetch(cluster.shard(upcoming))
+        self.optimizer.step()
+        self.batches.prefetch(self.cluster.shard(upcoming))
         return loss.detach(), stops
 
-    log = _CsvLog(csv_path if cluster.is_main else None, state.history)
-    steps_per_epoch = math.ceil(num_data / batch_size)
-    show = (progress_enabled() if progress is None else progress) and cluster.is_main
-    remaining = max(num_epochs - state.epoch, 0) * steps_per_epoch - state.epoch_steps
-    bar = tqdm(total=max(remaining, 0), disable=not show, unit="step", leave=False)
-    with bar, pyro.validation_enabled(False), matmul_precision(precision), StopRequests() as stop:
-        while state.epoch < num_epochs:
-            started = time.perf_counter()
-            if state.order is None:
-                state.order = _permutation(num_data, state.seed, state.epoch, order_device)
-                state.next_start, state.epoch_steps = 0, 0
-                # Losses stay on the device and are read once per epoch: no sync per step.
-                state.loss_sum = torch.zeros((), device=device)
-            while state.next_start < num_data:
-                start = state.next_start
-                indices = state.order[start : start + batch_size]
-                upcoming = state.order[start + batch_size : start + 2 * batch_size]
-                loss, stops = step(indices, upcoming, stop.received is not None)
-                state.loss_sum += loss
-                state.next_start += batch_size
-                state.epoch_steps += 1
-                state.num_steps += 1
-                bar.update()
-                if _stop_now(stop, stops, cluster, state.num_steps):
-                    save(checkpoint_path)
-                    raise TrainingInterrupted(
-                        stop.received or signal.SIGTERM,
-                        state.epoch + 1,
-                        state.epoch_steps,
-                        Path(checkpoint_path) if checkpoint_path is not None else None,
-                    )
-            loss_total = cluster.sum_(state.loss_sum.clone())
-            train_bound = -loss_total.item() / (steps_per_epoch * num_data)
-            if not math.isfinite(train_bound):
-                kept = f"; the checkpoint {checkpoint_path} from epoch {state.epoch} is intact"
-                raise TrainingDiverged(
-                    f"training diverged: the loss became NaN/Inf during epoch {state.epoch + 1} "
-                    f"(its {state.epoch_steps} steps are lost{kept if checkpoint_path else ''}); "
-                    + _DIVERGENCE_HINTS
-                )
-            held_out_elbo = None
-            if held_out_tensors is not None:
-                held_out_elbo = _held_out_elbo(model, guide, held_out_tensors, cluster, device)
-            state.epoch += 1
-            state.order = None
-            stats = EpochStats(
-                state.epoch, train_bound, held_out_elbo, time.perf_counter() - started
+    def _finish_epoch(self, bar, seconds: float) -> None:
+        """The epoch's figures (a divergence stops here), the log, the checkpoint."""
+        state = self.state
+        loss_total = self.cluster.sum_(state.loss_sum.clone())
+        train_bound = -loss_total.item() / (self.steps_per_epoch * self.num_data)
+        if not math.isfinite(train_bound):
+            path = self.settings.checkpoint_path
+            kept = f"; the checkpoint {path} from epoch {state.epoch} is intact" if path else ""
+            raise TrainingDiverged(
+                f"training diverged: the loss became NaN/Inf during epoch {state.epoch + 1} "
+                f"(its {state.epoch_steps} steps are lost{kept}); " + _DIVERGENCE_HINTS
             )
-            state.history.append(stats)
-            log.append(stats)
-            save(checkpoint_path)
-            bar.set_postfix(train_bound=f"{train_bound:.2f}")
-            if on_epoch_end is not None:  # on every rank: it may update the model (warm-up)
-                on_epoch_end(stats)
-    return FitResult(history=state.history, optimizer=optimizer, num_steps=state.num_steps)
+        held_out_elbo = None
+        if self.held_out is not None:
+            held_out_elbo = _held_out_elbo(
+                self.model, self.guide, self.held_out, self.cluster, self.device
+            )
+        state.epoch += 1
+        state.order = None
+        stats = EpochStats(state.epoch, train_bound, held_out_elbo, seconds)
+        state.history.append(stats)
+        self.log.append(stats)
+        self.save()
+        bar.set_postfix(train_bound=f"{train_bound:.2f}")
+        if self.settings.on_epoch_end is not None:  # on every rank: it may update the model
+            self.settings.on_epoch_end(stats)
 
 
 _FUSED_ADAM_DEVICES = ("cpu", "cuda", "mps", "xpu")
