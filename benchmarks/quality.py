@@ -19,11 +19,10 @@ import time
 
 import pyro
 import torch
+from pvae.nets import GaussianEncoder, MLPDecoder
 
 import pvae
 from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
-from pvae.models.nets import GaussianEncoder, MLPDecoder
-from pvae.models.vae import VAE
 
 PAPER_HIDDEN = [200, 200]
 
@@ -32,7 +31,7 @@ def train_and_evaluate(objective: str, data, held_out, args) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     x_dim = data.train_x.shape[1]
-    vae = VAE(
+    vae = pvae.VAE(
         GaussianEncoder(x_dim, args.z_dim, PAPER_HIDDEN, "tanh"),
         MLPDecoder(args.z_dim, x_dim, PAPER_HIDDEN, "tanh"),
     )

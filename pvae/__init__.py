@@ -13,6 +13,8 @@ Example::
                       transform=pvae.data.DynamicBinarization())
 """
 
+import sys
+
 from pvae import config, data
 from pvae.analysis import anomaly, imputation, latent
 from pvae.config import Config, load_config, save_config
@@ -30,6 +32,14 @@ from pvae.viz import plots
 from pvae.viz.plots import plot_khat
 
 __version__ = package_version()
+
+# The public modules keep their import paths from before the layers (import pvae.nets,
+# from pvae.likelihoods import ...): each is registered under its short name too.
+for _module in (anomaly, batches, guides, imputation, latent, likelihoods, nets, objectives):
+    sys.modules[f"pvae.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
+for _module in (plots, precision, priors, variants):
+    sys.modules[f"pvae.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
+del _module
 
 __all__ = [
     "anomaly",

@@ -40,3 +40,15 @@ def test_an_import_of_the_model_zoo_from_the_core_breaks_the_contract(tmp_path):
     done = lint_imports(tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pvae.infer.plates -> pvae.models.nets" in done.stdout
+
+
+def test_the_public_modules_keep_their_import_paths():
+    import importlib
+
+    import pvae
+
+    for name in ("nets", "likelihoods", "priors", "guides", "variants", "objectives", "plots"):
+        assert importlib.import_module(f"pvae.{name}") is getattr(pvae, name)
+    from pvae.likelihoods import LIKELIHOODS  # as user code written for the flat layout does
+
+    assert "bernoulli" in LIKELIHOODS
