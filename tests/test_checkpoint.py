@@ -95,3 +95,17 @@ def test_checkpoint_whose_weights_do_not_fit_its_architecture_is_refused(tmp_pat
 def test_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint at"):
         pvae.load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_a_fit_checkpoint_with_the_vae_state_stores_each_weight_once(tmp_path):
+    # "params" (Pyro's names) and "model" (the state dict) hold the same tensors: torch.save
+    # writes a shared storage once, so the file is the weights plus Adam's two moments.
+    x = torch.bernoulli(torch.full((64, 50), 0.3))
+    vae = pvae.build_vae(50, z_dim=4, hidden_dims=[256])  # weights: 117 kB
+    path = tmp_path / "c.pt"
+    extra = lambda: pvae.vae_state(vae)  # noqa: E731
+    pvae.fit(vae.model, vae.guide, x, num_epochs=1, batch_size=32, checkpoint_path=path,
+             checkpoint_extra=extra)  # fmt: skip
+    weight_bytes = sum(p.numel() * p.element_size() for p in vae.parameters())
+    # Another copy of the weights would add 117 kB, more than the rest of the file.
+    assert 3 * weight_bytes < path.stat().st_size < 3 * weight_bytes + 60_000
