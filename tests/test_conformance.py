@@ -32,6 +32,7 @@ from pyro.distributions import transforms
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 
+import pvae
 from pvae import log_likelihood
 from pvae.infer.objectives import ScaleDataPlate, choose_objective
 from pvae.infer.plates import inspect_model, trace_pair
@@ -560,3 +561,26 @@ def test_the_documented_table_is_the_suite_s():
 
 if __name__ == "__main__":
     print(conformance_table(), end="")
+
+
+def test_estimate_elbo_and_fit_s_held_out_elbo_sum_out_a_guide_enumerated_latent():
+    # A two-component mixture with the component enumerated in the guide and nothing else
+    # random: the ELBO is exact, Σ_c q(c) [log p(x, c) - log q(c)] per datapoint.
+    def model(x):
+        loc = pyro.param("loc", torch.tensor([-1.0, 1.0]))
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(2)))
+            pyro.sample("x", dist.Normal(loc[c][..., None], 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        logits = pyro.param("logits", torch.tensor([0.3, -0.2]))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+
+    x = torch.linspace(-2, 2, 8)[:, None]
+    log_q = torch.log_softmax(torch.tensor([0.3, -0.2]), 0)
+    log_joint = math.log(0.5) + dist.Normal(torch.tensor([-1.0, 1.0]), 1.0).log_prob(x)
+    exact = (log_q.exp() * (log_joint - log_q)).sum(-1).mean().item()
+    assert pvae.estimate_elbo(model, guide, x) == pytest.approx(exact, rel=1e-6)
+    result = pvae.fit(model, guide, x, num_epochs=1, batch_size=8, held_out=x)
+    assert math.isfinite(result.history[0].held_out_elbo)

@@ -61,6 +61,9 @@ def elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, devic
             chunk = tuple(t[start : start + batch_size].to(device) for t in tensors)
             # Scale 1 per datapoint, whatever size the model declares for its data plate.
             per_point = ScaleDataPlate(chunk[0].shape[0])
-            loss = elbo.differentiable_loss(per_point(model), per_point(guide), *chunk)
-            total += loss.double()
+            if isinstance(elbo, pyro.infer.ELBO):  # e.g. TraceEnum_ELBO: no differentiable
+                loss = elbo.loss(per_point(model), per_point(guide), *chunk)  # loss under no_grad
+            else:
+                loss = elbo.differentiable_loss(per_point(model), per_point(guide), *chunk)
+            total += loss
     return -total.item() / num_data
