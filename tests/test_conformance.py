@@ -467,6 +467,7 @@ def test_objective_matches_its_reference_or_refuses(name, objective):
             ours.differentiable_loss(model, guide, x)
         return
     ours = choose_objective(objective, num_particles, nesting, traces)
+    ours.differentiable_loss(model, guide, x)  # compare the steady state: a step after the first
     pyro.set_rng_seed(7)
     loss = ours.differentiable_loss(model, guide, x)
     grads = gradients(loss, params)

@@ -217,8 +217,12 @@ def particle_log_weights(
     nesting: int,
     stop_guide_parameters: bool = False,
     honour_scales: bool = True,
+    enumerate_model: bool = True,
 ) -> tuple[torch.Tensor, poutine.Trace, poutine.Trace]:
     """Differentiable log-weights [num_particles, batch] and the guide and model traces.
+
+    ``enumerate_model=False`` skips Pyro's enumeration handler, for a model already known to
+    enumerate nothing (the handler visits every site, every step).
 
     With ``stop_guide_parameters`` the log-weight's gradient reaches the guide only through
     z: its derivative in the guide's parameters φ is ∂log w/∂z · dz/dφ, the partial in z
@@ -243,7 +247,8 @@ def particle_log_weights(
                 "log_likelihood draw every guide latent; enumerate it in the model instead, "
                 "or train with objective='elbo' (TraceEnum_ELBO)"
             )
-        replayed = poutine.replay(enumerating(model, nesting), trace=guide_trace)
+        enumerated_model = enumerating(model, nesting) if enumerate_model else model
+        replayed = poutine.replay(enumerated_model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args)
     log_w = model_log_joint(model_trace, nesting, num_particles, num_data, honour_scales)
     detachable = stop_guide_parameters and single_plain_site(guide_trace)

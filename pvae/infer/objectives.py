@@ -47,6 +47,8 @@ class _ParticleObjective:
 
     def __init__(self, num_particles: int, max_plate_nesting: int):
         self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
+        # Whether the model enumerates: found on the first call (its structure is fixed).
+        self.enumerates: bool | None = None
 
     def differentiable_loss(self, model, guide, *args) -> torch.Tensor:
         log_w, guide_trace, model_trace = particle_log_weights(
@@ -56,7 +58,10 @@ class _ParticleObjective:
             self.num_particles,
             self.max_plate_nesting,
             self.stop_guide_parameters,
+            enumerate_model=self.enumerates is not False,
         )
+        if self.enumerates is None:
+            self.enumerates = any(enumerated(site) for _, site in sample_sites(model_trace))
         _check_reparameterized(guide_trace, type(self).__name__)
         per_datapoint = self._per_datapoint(log_w, guide_trace, model, guide, args)
         return -minibatch_scale(model_trace) * per_datapoint.sum()
@@ -120,7 +125,8 @@ class DReG(IWAE):
         num_data = args[0].shape[0]
         nesting = self.max_plate_nesting
         with pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-(nesting + 1)):
-            conditioned = poutine.condition(enumerating(model, nesting), data=values)
+            enumerated_model = enumerating(model, nesting) if self.enumerates else model
+            conditioned = poutine.condition(enumerated_model, data=values)
             model_trace = poutine.trace(conditioned).get_trace(*args)
         log_p = model_log_joint(model_trace, nesting, self.num_particles, num_data, True)
         log_q = guide_log_density(guide, args, None, nesting, self.num_particles, values=values)
