@@ -40,12 +40,20 @@ def with_nan():
     return x
 
 
+def with_late_nan():
+    # Past the rows traced for the support check: every row is checked for NaN/Inf.
+    x = binary()
+    x[17, 0] = float("inf")
+    return x
+
+
 def bytes_():
     return binary() * 255
 
 
 BAD_DATA = {
     "NaN": (with_nan, r"1 NaN/Inf values \(first at index \(3, 2\)\)"),
+    "Inf in a late row": (with_late_nan, r"1 NaN/Inf values \(first at index \(17, 0\)\)"),
     "0-255": (bytes_, r"site 'x' of the model: Bernoulli needs values in .*range \[0, 255\]"),
     "grey levels": (lambda: binary() * 0.5, r"site 'x' of the model: Bernoulli needs"),
 }
@@ -76,3 +84,11 @@ def test_fit_refuses_grey_held_out_data_for_pvae_s_bernoulli_vae():
     vae = pvae.build_vae(X_DIM, z_dim=Z_DIM, hidden_dims=[8])
     with pytest.raises(ValueError, match="held-out data"):
         pvae.fit(vae.model, vae.guide, binary(), held_out=binary() * 0.5, num_epochs=1)
+
+
+def test_log_likelihood_runs_pvae_s_likelihood_check_on_every_row():
+    vae = pvae.build_vae(X_DIM, z_dim=Z_DIM, hidden_dims=[8])
+    x = binary(40)
+    x[35, 1] = 0.5  # one grey pixel, far past the first rows
+    with pytest.raises(ValueError, match="data: the Bernoulli likelihood needs binary data"):
+        pvae.log_likelihood(vae.model, vae.guide, x, num_samples=5)

@@ -51,34 +51,52 @@ def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2) -> None:
         )
 
 
-def check_model_data(model, guide, tensors: tuple[torch.Tensor, ...], name: str = "data") -> None:
-    """Raise a ``ValueError`` that says what is wrong if ``model`` cannot score ``tensors``.
+def check_model_data(
+    model, guide, data: tuple[torch.Tensor, ...], device, name: str = "data", min_dim: int = 1
+) -> None:
+    """Raise a ``ValueError`` that says what is wrong if ``model`` cannot score ``data``.
 
-    ``tensors`` are the arguments of ``model(*batch)`` with one row per datapoint, already
-    on the model's device and transformed as the model sees them.
+    ``data`` are the whole tensors of ``model(*batch)``, one row per datapoint, on any device:
+    all of the first is checked for NaN/Inf and by the model's owner (:func:`check_owner`),
+    and its first rows, on ``device``, against the support of the model's observed sites
+    (:func:`check_support`).
 
     Example::
 
-        >>> check_model_data(model, guide, (torch.full((3, 2), 0.5),))  # doctest: +SKIP
+        >>> check_model_data(model, guide, (torch.full((3, 2), 0.5),), "cpu")  # doctest: +SKIP
         ValueError: data do not fit site 'obs' of the model: Bernoulli needs values in
-        Boolean(), got 3 datapoints with values outside it (range [0.5, 0.5])
+        Boolean(), got 3 of the first 3 datapoints with values outside it (range [0.5, 0.5])
     """
-    check_data(tensors[0], name=name, min_dim=1)
+    check_data(data[0], name=name, min_dim=min_dim)
+    check_owner(model, data[0], name)
+    check_support(model, guide, tuple(t[:_ROWS_TRACED].to(device) for t in data), name)
+
+
+def check_owner(model, x: torch.Tensor, name: str = "data") -> None:
+    """The check of the object ``model`` is a method of, if it has one (a :class:`pvae.VAE`
+    knows its likelihood's support), with the data's name in front of its message."""
     owner_check = getattr(getattr(model, "__self__", None), "check_data", None)
-    if owner_check is not None:
-        try:
-            owner_check(tensors[0])
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-    first = tuple(t[:_ROWS_TRACED] for t in tensors)
+    if owner_check is None:
+        return
+    try:
+        owner_check(x)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+
+
+def check_support(model, guide, first: tuple[torch.Tensor, ...], name: str = "data") -> None:
+    """Run the model on these rows (as it sees them: on its device, transformed) and check
+    every observed value against its site's support, so that a hand-written model's
+    distributions check the data themselves."""
+    first = tuple(t[:_ROWS_TRACED] for t in first)
     with torch.no_grad(), pyro.validation_enabled(False):
         _, model_trace = trace_pair(model, guide, *first)
     for site_name, site in sample_sites(model_trace):
         if site["is_observed"]:
-            _check_support(site_name, site, name)
+            _check_site_support(site_name, site, name)
 
 
-def _check_support(site_name: str, site, name: str) -> None:
+def _check_site_support(site_name: str, site, name: str) -> None:
     fn, value = site["fn"], site["value"]
     try:
         inside = fn.support.check(value)

@@ -42,7 +42,7 @@ def estimate_elbo(
     """
     tensors = as_tuple(data)
     device = tensors[0].device if device is None else torch.device(device)
-    check_model_data(model, guide, tuple(t[:batch_size].to(device) for t in tensors))
+    check_model_data(model, guide, tensors, device)
     return elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, device)
 
 

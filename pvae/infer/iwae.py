@@ -187,7 +187,7 @@ def log_likelihood(
         pyro.validation_enabled(False),
     ):
         # Inside fork_rng: a given seed leaves the global generator alone.
-        check_model_data(model, guide, _rows(tensors, 0, _DATA_BLOCK, device))
+        check_model_data(model, guide, tensors, device)
         nesting = inspect_model(model, guide, *_rows(tensors, 0, 2, device))
         shard = _score_rows(
             model,

@@ -23,7 +23,7 @@ from pvae.errors import TrainingDiverged, TrainingInterrupted
 from pvae.infer import param_store
 from pvae.infer.batches import DeviceBatches, HostBatches
 from pvae.infer.checkpoint import load_checkpoint, save_checkpoint
-from pvae.infer.checks import check_data, check_model_data
+from pvae.infer.checks import check_data, check_model_data, check_owner, check_support
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.evaluate import as_tuple, elbo_of_checked_data
@@ -81,17 +81,6 @@ def _check_arguments(tensors, num_epochs, batch_size, learning_rate) -> None:
             )
         if tensor.device != tensors[0].device:
             raise ValueError(f"data[{i}] is on {tensor.device} but data[0] on {tensors[0].device}")
-
-
-def _check_support(model, transform, x: torch.Tensor, first_x: torch.Tensor) -> None:
-    """Check the data against the likelihood's support, if the model's owner says how.
-
-    With a transform (e.g. dynamic binarization), the model sees transformed batches: the
-    transform checks its own input, and the first transformed batch stands for the rest.
-    """
-    owner_check = getattr(getattr(model, "__self__", None), "check_data", None)
-    if owner_check is not None:
-        owner_check(x if transform is None else first_x)
 
 
 def _parameters(elbo, model, guide, batch) -> dict[str, torch.Tensor]:
@@ -384,13 +373,16 @@ class _Run:
         self.optimizer = optimizer
 
     def _check_data(self, first, held_out) -> None:
-        _check_support(self.model, self.settings.transform, self.tensors[0], first[0])
-        check_model_data(self.model, self.guide, first)
+        # Training data were checked for NaN/Inf with the arguments. With a transform (e.g.
+        # dynamic binarization) the model sees transformed batches: the transform checked its
+        # own input, and the first transformed batch stands for the rest.
+        transformed = self.settings.transform is not None
+        check_owner(self.model, first[0] if transformed else self.tensors[0])
+        check_support(self.model, self.guide, first)
         self.held_out = held_out
         if held_out is not None:
-            held_out_first = tuple(t[: self.settings.batch_size].to(self.device) for t in held_out)
-            check_data(held_out[0], name="held-out data")
-            check_model_data(self.model, self.guide, held_out_first, name="held-out data")
+            name = "held-out data"
+            check_model_data(self.model, self.guide, held_out, self.device, name, min_dim=2)
 
     def _batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return _transformed(batch, self.settings.transform)
