@@ -35,9 +35,10 @@ __version__ = package_version()
 
 # The public modules keep their import paths from before the layers (import pvae.nets,
 # from pvae.likelihoods import ...): each is registered under its short name too.
-for _module in (anomaly, batches, guides, imputation, latent, likelihoods, nets, objectives):
-    sys.modules[f"pvae.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
-for _module in (plots, precision, priors, variants):
+for _module in (
+    anomaly, batches, guides, imputation, latent, likelihoods, nets, objectives, plots,
+    precision, priors, variants,
+):  # fmt: skip
     sys.modules[f"pvae.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
 del _module
 

@@ -186,7 +186,7 @@ def run_script(main, arguments, resume_flag: str | None = None) -> None:
 
         >>> run_script(main, parser().parse_args(), resume_flag="--resume")  # doctest: +SKIP
     """
-    from pvae.infer.train import TrainingDiverged, TrainingInterrupted
+    from pvae.errors import TrainingDiverged, TrainingInterrupted
 
     warnings.formatwarning = _one_line_warning
     try:

@@ -20,6 +20,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pvae.infer.log_weights import sample_sites
+from pvae.infer.plates import enumerated
 
 
 class _Accumulate(Messenger):
@@ -110,7 +111,7 @@ def supports(guide_trace, model_trace) -> bool:
     guide and none enumerated."""
     guide_latents = set()
     for name, site in sample_sites(guide_trace):
-        if not site["fn"].has_rsample or site["infer"].get("enumerate"):
+        if not site["fn"].has_rsample or enumerated(site):
             return False
         if not site["is_observed"]:
             guide_latents.add(name)

@@ -41,7 +41,7 @@ def sample_sites(trace):
 
 def data_frame(site):
     """The ``"data"`` plate frame of a site; a clear error for a site outside it."""
-    frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+    frame = _data_frame_or_none(site)
     if frame is None:
         kind = "observed site" if site["is_observed"] else "global latent"
         raise ValueError(
@@ -55,12 +55,16 @@ def data_frame(site):
     return frame
 
 
+def _data_frame_or_none(site):
+    return next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+
+
 def minibatch_scale(trace) -> float:
     """How much the ``"data"`` plate's sites are scaled up to stand for the whole dataset:
     :class:`pvae.infer.plates.ScaleDataPlate`'s factor times the plate's own subsampling (1 when
     nothing scales them)."""
     for _, site in sample_sites(trace):
-        frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+        frame = _data_frame_or_none(site)
         if frame is not None:
             return site["infer"].get(MINIBATCH_SCALE, 1.0) * _subsampling(frame)
     return 1.0
@@ -218,11 +222,14 @@ def particle_log_weights(
     stop_guide_parameters: bool = False,
     honour_scales: bool = True,
     enumerate_model: bool = True,
+    subtract_score: bool = True,
 ) -> tuple[torch.Tensor, poutine.Trace, poutine.Trace]:
     """Differentiable log-weights [num_particles, batch] and the guide and model traces.
 
     ``enumerate_model=False`` skips Pyro's enumeration handler, for a model already known to
-    enumerate nothing (the handler visits every site, every step).
+    enumerate nothing (the handler visits every site, every step). ``subtract_score=False``
+    leaves the score term in where q cannot simply be detached, for a caller that removes it
+    itself (DReG's surrogate for dependent latents).
 
     With ``stop_guide_parameters`` the log-weight's gradient reaches the guide only through
     z: its derivative in the guide's parameters φ is ∂log w/∂z · dz/dφ, the partial in z
@@ -257,7 +264,7 @@ def particle_log_weights(
         log_w = log_w - per_datapoint_log_prob(
             site, nesting, num_particles, num_data, log_q, honour_scales
         )
-    if stop_guide_parameters and not detachable:
+    if stop_guide_parameters and subtract_score and not detachable:
         score = guide_log_density(
             guide, args, guide_trace, nesting, num_particles, detach_values=True
         )

@@ -44,6 +44,7 @@ class _ParticleObjective:
     """
 
     stop_guide_parameters = False
+    subtract_score = True
 
     def __init__(self, num_particles: int, max_plate_nesting: int):
         self.num_particles, self.max_plate_nesting = num_particles, max_plate_nesting
@@ -59,6 +60,7 @@ class _ParticleObjective:
             self.max_plate_nesting,
             self.stop_guide_parameters,
             enumerate_model=self.enumerates is not False,
+            subtract_score=self.subtract_score,
         )
         if self.enumerates is None:
             self.enumerates = any(enumerated(site) for _, site in sample_sites(model_trace))
@@ -102,6 +104,9 @@ class DReG(IWAE):
     """
 
     stop_guide_parameters = True
+    # For dependent latents the surrogate removes the score term itself, and only log_w's
+    # value is used: particle_log_weights need not run the guide once more for it.
+    subtract_score = False
 
     def _per_datapoint(self, log_w, guide_trace, model, guide, args):
         weights = torch.softmax(log_w, 0).detach()
