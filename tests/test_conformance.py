@@ -168,6 +168,8 @@ class ModelScale(Local):
 class Factors(Local):
     """A model factor and a reparameterized guide factor, both per datapoint."""
 
+    guide_factor_has_rsample = True
+
     def model(self, x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x))
@@ -178,17 +180,13 @@ class Factors(Local):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", gaussian_guide("q", x))
             penalty = -0.1 * param("pen", 1) * z.pow(2).sum(-1)
-            pyro.factor("guide_penalty", penalty, has_rsample=True)
+            pyro.factor("guide_penalty", penalty, has_rsample=self.guide_factor_has_rsample)
 
 
 class ScoreFunctionGuideFactor(Factors):
     """A guide factor declared without a reparameterized path (has_rsample=False)."""
 
-    def guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", gaussian_guide("q", x))
-            penalty = -0.1 * param("pen", 1) * z.pow(2).sum(-1)
-            pyro.factor("guide_penalty", penalty, has_rsample=False)
+    guide_factor_has_rsample = False
 
 
 class HierarchicalGuide(Local):
