@@ -22,7 +22,7 @@ import torch
 from pvae.nets import GaussianEncoder, MLPDecoder
 
 import pvae
-from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, load_dataset
+from pvae.data import DynamicBinarization, held_out_data, load_dataset
 
 PAPER_HIDDEN = [200, 200]
 
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> None:
     data = load_dataset(args.dataset, args.data_dir)
     if args.train_points:
         data.train_x = data.train_x[: args.train_points]
-    held_out = binarize(data.test_x[: args.eval_points], seed=HELD_OUT_SEED)
+    held_out = held_out_data(data.test_x[: args.eval_points], "binarized")
     print(
         f"{data.name} ({data.source}): {data.train_x.shape[0]} train, {held_out.shape[0]} "
         f"held-out; 784-200-200-{args.z_dim} tanh, {args.epochs} epochs, batch "

@@ -103,12 +103,13 @@ def add_training_flags(p: argparse.ArgumentParser, out: str) -> None:
 
         >>> add_training_flags(argparse.ArgumentParser(), out="runs/x")  # doctest: +SKIP
     """
-    p.add_argument("-n", "--num-epochs", type=int, default=100)
-    p.add_argument("-lr", "--learning-rate", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--z-dim", type=int, default=20)
-    p.add_argument("--hidden-dim", type=int, default=400)
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    defaults = pvae.Config()  # the settings' one source: the same defaults as mnist_svi.py
+    p.add_argument("-n", "--num-epochs", type=int, default=defaults.num_epochs)
+    p.add_argument("-lr", "--learning-rate", type=float, default=defaults.learning_rate)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--z-dim", type=int, default=defaults.z_dim)
+    p.add_argument("--hidden-dim", type=int, default=defaults.hidden_dims[0])
+    p.add_argument("--dataset", choices=list(pvae.data.DATASETS), default=defaults.dataset)
     p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is a GPU), cpu, cuda")
     p.add_argument(
@@ -118,6 +119,6 @@ def add_training_flags(p: argparse.ArgumentParser, out: str) -> None:
         help="PyTorch CPU threads (0: PyTorch's default); 1, the default, is fastest for these "
         "small networks when other processes share the cores",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=out)
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")

@@ -35,7 +35,7 @@ from pvae.anomaly import anomaly_scores, auroc, auroc_interval
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, binarize
+from pvae.data import held_out_data
 
 
 def main(args: argparse.Namespace) -> None:
@@ -45,10 +45,9 @@ def main(args: argparse.Namespace) -> None:
     if left_out not in classes:
         raise ValueError(f"--held-out-class must be one of {classes}, got {left_out}")
     train_x = data.train_x[data.train_y != left_out].to(device)
-    # Held-out images are binarized once with pvae's fixed seed, as everywhere in pvae.
-    test_x = binarize(data.test_x, seed=HELD_OUT_SEED)
+    test_x = held_out_data(data.test_x, "binarized")
     normal = test_x[data.test_y != left_out][: args.num_normal]
-    unseen_train = binarize(data.train_x[data.train_y == left_out], seed=HELD_OUT_SEED)
+    unseen_train = held_out_data(data.train_x[data.train_y == left_out], "binarized")
     unseen = torch.cat([test_x[data.test_y == left_out], unseen_train])
     anomalies = unseen[: args.num_anomalies]
     print(

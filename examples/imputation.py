@@ -44,7 +44,7 @@ from pvae.imputation import fill_missing, impute_importance, impute_nuts
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, binarize
+from pvae.data import held_out_data
 
 MASKS = {"top": "top half", "random": "random 50%"}
 HIDDEN_COLOUR = torch.tensor([0.15, 0.3, 0.8])
@@ -52,8 +52,7 @@ HIDDEN_COLOUR = torch.tensor([0.15, 0.3, 0.8])
 
 def main(args: argparse.Namespace) -> None:
     device, data = set_up(args)
-    # Held-out digits are binarized once with pvae's fixed seed, as everywhere in pvae.
-    x = binarize(data.test_x, seed=HELD_OUT_SEED)[: args.num_images].to(device)
+    x = held_out_data(data.test_x, "binarized")[: args.num_images].to(device)
     train_x = data.train_x.to(device)
     # The guide's input at hidden pixels: the mean training image (documented above).
     fill = train_x.mean(0)

@@ -25,7 +25,7 @@ from pvae.latent import latent_activity
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, binarize
+from pvae.data import held_out_data
 
 # Pairs of classes to interpolate between (MNIST: 0-6, 1-7, 3-8, 4-9).
 PAIRS = [(0, 6), (1, 7), (3, 8), (4, 9)]
@@ -34,8 +34,7 @@ ACTIVE = 0.01
 
 def main(args: argparse.Namespace) -> None:
     device, data = set_up(args)
-    # Held-out digits are binarized once with pvae's fixed seed, as everywhere in pvae.
-    held_out = binarize(data.test_x, seed=HELD_OUT_SEED).to(device)
+    held_out = held_out_data(data.test_x, "binarized").to(device)
     print(f"{data.name} ({data.source}): {held_out.shape[0]} held-out images; device {device}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,6 @@ def main(args: argparse.Namespace) -> None:
                 f"{args.resume} was trained with {resume.get('model_args')}, but the settings "
                 f"give {vae.model_args}: resume with the settings of that run"
             )
-        vae.completed_epochs = resume.get("epoch", 0)  # where the KL warm-up stands
     elif hasattr(vae.prior, "initialize"):  # VampPrior: pseudo-inputs start as real digits
         vae.prior.initialize(train[0])
 
@@ -108,7 +107,6 @@ def main(args: argparse.Namespace) -> None:
 
     def report(stats: pvae.EpochStats) -> None:
         weight = f"  KL weight {vae.kl_weight:g}" if vae.kl_weight != 1 else ""
-        vae.on_epoch_end(stats)
         say(
             f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
             f"held-out {held_out_name} {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)"
@@ -121,20 +119,15 @@ def main(args: argparse.Namespace) -> None:
         vae.model,
         vae.guide,
         train,
-        num_epochs=config.num_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        objective=config.objective,
-        num_particles=config.num_particles,
+        **config.train_args(),
         transform=likelihood.train_transform(),
         held_out=held_out,
-        clip_norm=config.clip_norm,
-        precision=config.precision,
         csv_path=out / "history.csv",
         checkpoint_path=out / "checkpoint.pt",
         checkpoint_extra=lambda: pvae.vae_state(vae, config=config.to_dict()),
         resume=resume,
         on_epoch_end=report,
+        epoch_schedules=[vae.kl_warmup],
     )
     train_seconds = time.perf_counter() - started
 

@@ -71,7 +71,7 @@ from torch.nn import functional
 
 import pvae
 from pvae.cli import run_script
-from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize, stratified_split
+from pvae.data import DynamicBinarization, held_out_data, stratified_split
 
 # Pyro's parameter store is global: names that no other pvae model uses.
 MODULE_PREFIX = "semi_supervised_m2"
@@ -342,8 +342,7 @@ def main(args: argparse.Namespace) -> None:
     labelled, unlabelled = split_labels(data.train_y, args.num_labelled, args.label_seed)
     x_l, y_l = data.train_x[labelled].to(device), data.train_y[labelled].to(device)
     x_u = data.train_x[unlabelled].to(device)
-    # Held-out digits are binarized once with pvae's fixed seed, as everywhere in pvae.
-    held_out = binarize(data.test_x, seed=HELD_OUT_SEED).to(device)
+    held_out = held_out_data(data.test_x, "binarized").to(device)
     held_out_y = data.test_y.to(device)
     print(
         f"{data.name} ({data.source}): {len(labelled)} labelled + {len(unlabelled)} "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pvae.data import HELD_OUT_SEED, binarize, load_dataset
+from pvae.data import held_out_data, load_dataset
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import disconnect
 from pvae.infer.iwae import log_likelihood
@@ -42,9 +42,7 @@ def evaluate(args: argparse.Namespace) -> None:
     config = state.get("config", {})
     dataset = args.dataset or config.get("dataset", "mnist")
     data = load_dataset(dataset, args.data_dir or config.get("data_dir"))
-    # As the likelihood scores them: binarized once with pvae's fixed seed for a Bernoulli one.
-    prepare = getattr(vae.likelihood, "held_out_data", None)
-    held_out = prepare(data.test_x) if prepare else binarize(data.test_x, seed=HELD_OUT_SEED)
+    held_out = held_out_data(data.test_x, vae.likelihood.data_form)
     held_out = (held_out, data.test_y) if getattr(vae, "num_classes", 0) else (held_out,)
     if args.num_datapoints is not None:
         held_out = tuple(t[: args.num_datapoints] for t in held_out)

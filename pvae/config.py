@@ -1,4 +1,4 @@
-"""Run configurations: one dataclass of settings, read from YAML, checked key by key.
+"""Run configurations: the example's settings, read from YAML, checked key by key.
 
 A :class:`Config` holds everything a training run needs: the model (the arguments of
 :func:`pvae.build_vae`), the training, the data and where to write. YAML files hold any subset
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
@@ -30,60 +29,29 @@ from typing import Any
 import yaml
 
 from pvae.data import DATASETS
-from pvae.infer.objectives import OBJECTIVES
-from pvae.infer.precision import check_precision
-from pvae.models.guides import GUIDES
-from pvae.models.likelihoods import LIKELIHOODS
-from pvae.models.nets import ACTIVATIONS, NETWORKS
-from pvae.models.priors import PRIORS
-from pvae.models.registry import options_of
+from pvae.infer.settings import TRAIN_KEYS, TrainConfig
+from pvae.models.settings import ARCHITECTURE_KEYS, Architecture, ModelConfig
 
 # Objectives that honour poutine.scale on a site, which the beta-VAE's KL weight relies on.
 _SCALED_OBJECTIVES = ("elbo", "meanfield")
 
 
-@dataclasses.dataclass
-class Config:
-    """The settings of one training run (defaults: the example's 784-400-20 Bernoulli VAE).
+@dataclasses.dataclass(kw_only=True)
+class Config(TrainConfig, Architecture):
+    """The settings of one run of the example (defaults: its 784-400-20 Bernoulli VAE).
 
-    Model: ``z_dim``, ``hidden_dims`` (fully connected widths), ``activation``, ``network``
-    (``mlp``/``conv``), ``channels`` (conv), ``prior``, ``likelihood``, ``guide`` (names) with
-    their ``*_options`` (keyword arguments of the chosen class), ``beta`` and
-    ``warmup_epochs`` (beta-VAE), ``conditional`` (a VAE conditioned on the class label),
-    ``adversarial`` with ``adversarial_weight`` and ``discriminator_dims`` (an adversarial
-    autoencoder, not an ELBO model).
-    Training: ``num_epochs``, ``learning_rate``, ``batch_size``, ``objective``,
-    ``num_particles``, ``clip_norm``, ``seed``, ``precision`` (``float32``, ``tf32`` or
-    ``bfloat16``; see :mod:`pvae.precision`). Evaluation and output: ``iwae_samples`` (K of
-    the held-out IWAE bound), ``digit`` (the class a conditional VAE draws), ``dataset``,
-    ``data_dir``, ``device``, ``out``.
+    Model: the fields of :class:`pvae.models.settings.Architecture` (``z_dim``,
+    ``hidden_dims``, ``prior``, ``likelihood``, ``guide``, ...) and ``conditional`` (a VAE
+    conditioned on the class label). Training: the fields of
+    :class:`pvae.infer.settings.TrainConfig` (``num_epochs``, ``learning_rate``,
+    ``batch_size``, ``objective``, ...), with the example's number of epochs and seed.
+    Evaluation and output: ``iwae_samples`` (K of the held-out IWAE bound), ``digit`` (the
+    class a conditional VAE draws), ``dataset``, ``data_dir``, ``device``, ``out``.
     """
 
-    z_dim: int = 20
-    hidden_dims: list[int] = dataclasses.field(default_factory=lambda: [400])
-    activation: str = "relu"
-    network: str = "mlp"
-    channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64])
-    prior: str = "standard_normal"
-    prior_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    likelihood: str = "bernoulli"
-    likelihood_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    guide: str = "gaussian"
-    guide_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    beta: float = 1.0
-    warmup_epochs: int = 0
-    conditional: bool = False
-    adversarial: bool = False
-    adversarial_weight: float = 1.0
-    discriminator_dims: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
     num_epochs: int = 100
-    learning_rate: float = 1e-3
-    batch_size: int = 128
-    objective: str = "elbo"
-    num_particles: int = 1
-    clip_norm: float | None = None
     seed: int = 0
-    precision: str = "float32"
+    conditional: bool = False
     iwae_samples: int = 1000
     digit: int | None = None
     dataset: str = "mnist"
@@ -129,93 +97,32 @@ class Config:
 
     def model_args(self, x_dim: int, image_shape=None, num_classes: int = 10) -> dict[str, Any]:
         """The :func:`pvae.build_vae` arguments for data of ``x_dim`` values per datapoint."""
-        args = dict(
+        return ModelConfig(
             x_dim=x_dim,
-            z_dim=self.z_dim,
-            hidden_dims=list(self.hidden_dims),
-            activation=self.activation,
-            prior=self.prior,
-            likelihood=self.likelihood,
-            guide=self.guide,
-            network=self.network,
             image_shape=list(image_shape) if image_shape is not None else None,
-            channels=list(self.channels),
-            prior_options=dict(self.prior_options),
-            likelihood_options=dict(self.likelihood_options),
-            guide_options=dict(self.guide_options),
-            beta=self.beta,
-            warmup_epochs=self.warmup_epochs,
             num_classes=num_classes if self.conditional else 0,
-        )
-        if self.adversarial:
-            args.update(
-                adversarial=True,
-                adversarial_weight=self.adversarial_weight,
-                discriminator_dims=list(self.discriminator_dims),
-            )
-        return args
+            **{key: getattr(self, key) for key in ARCHITECTURE_KEYS},
+        ).to_dict()
+
+    def train_args(self) -> dict[str, Any]:
+        """The :func:`pvae.fit` keyword arguments these settings give."""
+        return {key: getattr(self, key) for key in TRAIN_KEYS}
 
     def _check_values(self) -> None:
-        names = {
-            "activation": ACTIVATIONS,
-            "network": NETWORKS,
-            "prior": PRIORS,
-            "likelihood": LIKELIHOODS,
-            "guide": GUIDES,
-            "objective": OBJECTIVES,
-            "dataset": DATASETS,
-        }
-        for key, valid in names.items():
-            if getattr(self, key) not in valid:
-                raise ValueError(
-                    f"config key {key!r}: unknown {key} {getattr(self, key)!r}: choose one of "
-                    f"{', '.join(valid)}"
-                )
-        for key in ("prior", "likelihood", "guide"):
-            registry = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}[key]
-            cls = registry[getattr(self, key)]
-            required = {"z_dim", "encoder", "x_dim"}
-            offered = [option for option in options_of(cls) if option not in required]
-            for option in getattr(self, f"{key}_options"):
-                if option not in offered:
-                    raise ValueError(
-                        f"config key '{key}_options': {key} {getattr(self, key)!r} has no "
-                        f"option {option!r} (its options: {', '.join(offered) or 'none'})"
-                    )
-        positive = ["z_dim", "batch_size", "num_particles", "iwae_samples"]
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        for key in ("num_epochs", "warmup_epochs", "seed"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be an integer ≥ 0, got {getattr(self, key)}")
-        for key in ("hidden_dims", "channels", "discriminator_dims"):
-            if any(width < 1 for width in getattr(self, key)):
-                raise ValueError(f"{key} must be positive widths, got {getattr(self, key)}")
-        for key in ("learning_rate", "beta", "clip_norm", "adversarial_weight"):
-            value = getattr(self, key)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{key} must be a positive number, got {value}")
-        check_precision(self.precision)
-        self._check_consistency()
-
-    def _check_consistency(self) -> None:
-        """Settings that are fine alone but contradict each other."""
-        if self.adversarial:
-            conflicts = {
-                "guide": self.guide != "gaussian",
-                "beta": self.beta != 1,
-                "warmup_epochs": self.warmup_epochs > 0,
-                "conditional": self.conditional,
-                "objective": self.objective != "elbo",
-            }
-            for key, conflict in conflicts.items():
-                if conflict:
-                    raise ValueError(
-                        f"adversarial: true contradicts {key} = {getattr(self, key)!r}: the "
-                        "adversarial autoencoder has a deterministic encoder, no KL term, no "
-                        "labels, and trains with objective 'elbo'"
-                    )
+        if self.dataset not in DATASETS:
+            raise ValueError(
+                f"config key 'dataset': unknown dataset {self.dataset!r}: choose one of "
+                f"{', '.join(DATASETS)}"
+            )
+        self.check_architecture(self.conditional)
+        self.check()
+        if self.iwae_samples < 1:
+            raise ValueError(f"iwae_samples must be a positive integer, got {self.iwae_samples}")
+        if self.adversarial and self.objective != "elbo":
+            raise ValueError(
+                f"the adversarial autoencoder trains with objective 'elbo', not "
+                f"{self.objective!r}: it has a deterministic encoder and no bound to weight"
+            )
         if (self.beta != 1 or self.warmup_epochs > 0) and self.objective not in _SCALED_OBJECTIVES:
             raise ValueError(
                 f"beta = {self.beta:g} / warmup_epochs = {self.warmup_epochs} weight the KL "
@@ -229,12 +136,6 @@ class Config:
             )
         if self.digit is not None and not 0 <= self.digit <= 9:
             raise ValueError(f"digit must be a class label in 0..9, got {self.digit}")
-        if self.conditional and self.prior == "vamp":
-            raise ValueError(
-                "prior 'vamp' pushes pseudo-inputs through the encoder, which a conditional "
-                "VAE's encoder cannot take without a label: use another prior or conditional: "
-                "false"
-            )
 
 
 def _type_name(annotation) -> str:

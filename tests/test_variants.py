@@ -79,14 +79,44 @@ def test_warm_up_rises_linearly_to_beta_as_fit_reports_epochs():
 
     def record(stats):
         weights.append(vae.kl_weight)  # the weight the epoch just trained with
-        vae.on_epoch_end(stats)
 
     x, _ = labelled_data(32)
-    result = pvae.fit(vae.model, vae.guide, x, num_epochs=6, batch_size=16, on_epoch_end=record)
+    result = pvae.fit(
+        vae.model,
+        vae.guide,
+        x,
+        num_epochs=6,
+        batch_size=16,
+        on_epoch_end=record,
+        epoch_schedules=[vae.kl_warmup],
+    )
     assert weights == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
     assert all(math.isfinite(s.train_bound) for s in result.history)
     vae.completed_epochs = 1  # resuming after one epoch
     assert vae.kl_weight == 1.0
+
+
+def test_a_warm_up_that_nothing_advances_is_refused_and_resuming_restores_it(tmp_path):
+    x, _ = labelled_data(32)
+    vae = pvae.build_vae(X_DIM, 2, [8], beta=2.0, warmup_epochs=4)
+    with pytest.raises(ValueError, match="pass epoch_schedules=.vae.kl_warmup. to pvae.fit"):
+        pvae.fit(vae.model, vae.guide, x, num_epochs=1, batch_size=16)
+    path = tmp_path / "c.pt"
+    train = dict(batch_size=16, checkpoint_path=path, epoch_schedules=[vae.kl_warmup])
+    pvae.fit(vae.model, vae.guide, x, num_epochs=2, **train)
+    pyro.clear_param_store()
+    resumed = pvae.build_vae(X_DIM, 2, [8], beta=2.0, warmup_epochs=4)
+    weights = []
+    pvae.fit(
+        resumed.model,
+        resumed.guide,
+        x,
+        num_epochs=4,
+        resume=path,
+        on_epoch_end=lambda stats: weights.append(resumed.kl_weight),
+        **{**train, "epoch_schedules": [resumed.kl_warmup]},
+    )
+    assert weights == [1.5, 2.0]  # epochs 3 and 4 of the warm-up, not its start again
 
 
 def test_beta_with_an_importance_weighted_objective_is_refused():
@@ -161,7 +191,7 @@ def test_conditional_decode_takes_codes_of_any_batch_shape():
         ),
         (
             lambda v, x, y: pvae.build_vae(X_DIM, 2, prior="vamp", num_classes=3),
-            "vamp prior needs an unconditional encoder",
+            "prior 'vamp' pushes pseudo-inputs through the encoder",
         ),
     ],
 )
@@ -282,8 +312,8 @@ def test_adversarial_autoencoder_survives_a_checkpoint(tmp_path):
     [
         ({"guide": "iaf"}, "takes no guide setting .its encoder is deterministic."),
         ({"beta": 2.0}, "takes no beta setting"),
-        ({"num_classes": 3}, "takes no num_classes setting"),
-        ({"adversarial_weight": 0.0}, "adversarial_weight must be > 0"),
+        ({"num_classes": 3}, "takes no conditional setting"),
+        ({"adversarial_weight": 0.0}, "adversarial_weight must be a positive number"),
     ],
 )
 def test_adversarial_autoencoder_refuses_what_it_has_not(options, match):

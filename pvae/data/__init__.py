@@ -14,9 +14,17 @@ from pvae.data.datasets import (
     read_idx,
     stratified_split,
 )
-from pvae.data.transforms import HELD_OUT_SEED, DynamicBinarization, binarize
+from pvae.data.transforms import (
+    DATA_FORMS,
+    HELD_OUT_SEED,
+    DynamicBinarization,
+    binarize,
+    held_out_data,
+    train_transform,
+)
 
 __all__ = [
+    "DATA_FORMS",
     "DATASETS",
     "FASHION_MNIST_DIR",
     "HELD_OUT_SEED",
@@ -25,6 +33,7 @@ __all__ = [
     "ImageData",
     "binarize",
     "default_data_dir",
+    "held_out_data",
     "default_fashion_mnist_dir",
     "load_dataset",
     "load_fashion_mnist",
@@ -32,4 +41,5 @@ __all__ = [
     "load_offline_mnist",
     "read_idx",
     "stratified_split",
+    "train_transform",
 ]

@@ -56,3 +56,41 @@ class DynamicBinarization:
 
     def check_data(self, x: torch.Tensor) -> None:
         _check_unit_interval(x)
+
+    def __repr__(self) -> str:
+        return "DynamicBinarization()"
+
+
+# How a likelihood wants its data: "as_given" (nothing to do) or "binarized" (grey levels in
+# [0, 1] drawn to 0/1: afresh in every training minibatch, once with HELD_OUT_SEED for
+# held-out data). A likelihood states its form (``data_form``); this module does it.
+DATA_FORMS = ("as_given", "binarized")
+
+
+def _check_form(form: str) -> None:
+    if form not in DATA_FORMS:
+        raise ValueError(f"unknown data form {form!r}: choose one of {', '.join(DATA_FORMS)}")
+
+
+def train_transform(form: str = "as_given") -> DynamicBinarization | None:
+    """The ``transform`` :func:`pvae.fit` applies to training minibatches of this form.
+
+    Example::
+
+        >>> train_transform("binarized")
+        DynamicBinarization()
+    """
+    _check_form(form)
+    return DynamicBinarization() if form == "binarized" else None
+
+
+def held_out_data(x: torch.Tensor, form: str = "as_given") -> torch.Tensor:
+    """Held-out data of this form, fixed so that every run and `pvae evaluate` score the same.
+
+    Example::
+
+        >>> held_out_data(torch.tensor([[0.2, 0.9]]), "binarized").tolist()
+        [[0.0, 1.0]]
+    """
+    _check_form(form)
+    return binarize(x, seed=HELD_OUT_SEED) if form == "binarized" else x

@@ -18,8 +18,9 @@ from pvae.infer.plates import trace_pair
 _ROWS_TRACED = 16
 
 
-def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2) -> None:
-    """Raise one clear ``ValueError`` if ``x`` is not a non-empty, finite, floating tensor.
+def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2, floating=True) -> None:
+    """Raise one clear ``ValueError`` if ``x`` is not a non-empty, finite, floating tensor
+    (of any dtype when not ``floating``: 8-bit images that a transform converts).
 
     Example::
 
@@ -37,10 +38,11 @@ def check_data(x: torch.Tensor, name: str = "data", min_dim: int = 2) -> None:
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): nothing to train on")
-    if not x.is_floating_point():
+    if floating and not x.is_floating_point():
         raise ValueError(
             f"{name} has dtype {x.dtype}: convert to floating point, e.g. x.float() / 255 "
-            "for 8-bit images"
+            "for 8-bit images, or pass transform=lambda batch: batch.float() / 255 to fit "
+            "(the data then stay 8-bit in memory)"
         )
     finite = torch.isfinite(x)
     if not bool(finite.all()):

@@ -8,17 +8,7 @@ import torch
 from pvae.infer.checks import check_model_data
 from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.infer.plates import trace_pair
-
-
-def as_tuple(data) -> tuple[torch.Tensor, ...]:
-    """``data`` as the tuple of tensors passed to ``model(*batch)``: a tensor becomes (x,).
-
-    Example::
-
-        >>> len(as_tuple(torch.zeros(3, 2))), len(as_tuple((torch.zeros(3), torch.ones(3))))
-        (1, 2)
-    """
-    return tuple(data) if isinstance(data, (tuple, list)) else (data,)
+from pvae.infer.sources import as_tensors
 
 
 @torch.no_grad()
@@ -27,7 +17,8 @@ def estimate_elbo(
 ) -> float:
     """Mean per-datapoint ELBO (nats) of ``data``, one Monte Carlo estimate per datapoint.
 
-    ``data`` is a tensor or a tuple of tensors passed to ``model(*batch)``; it is evaluated in
+    ``data`` is a tensor, a numpy array, a tuple of those passed to ``model(*batch)``, or a
+    torch ``Dataset``/``DataLoader`` (read into memory); it is evaluated in
     chunks of ``batch_size`` and nothing is dropped. Sites outside the ``"data"`` plate (global
     latents) would be counted once per chunk: this is a per-datapoint figure for models whose
     latents are all local, as a VAE's are. With ``device``, chunks are copied there first
@@ -40,7 +31,7 @@ def estimate_elbo(
         >>> estimate_elbo(vae.model, vae.guide, test_x)  # doctest: +SKIP
         -98.7
     """
-    tensors = as_tuple(data)
+    tensors = as_tensors(data)
     device = tensors[0].device if device is None else torch.device(device)
     check_model_data(model, guide, tensors, device)
     return elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, device)

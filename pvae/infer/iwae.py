@@ -36,6 +36,7 @@ from pvae.infer.log_weights import (
     sample_sites,
 )
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model
+from pvae.infer.sources import as_tensors
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
 # guide call under its own seed, so that the numbers do not depend on the chunk sizes.
@@ -163,7 +164,7 @@ def log_likelihood(
         >>> result.mean, result.fraction_khat_above  # doctest: +SKIP
         (-86.31, 0.031)
     """
-    tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    tensors = as_tensors(data)
     num_data = _check_arguments(tensors, num_samples, particle_chunk, data_chunk, seed)
     device = tensors[0].device if device is None else resolve_device(device)
     draws_per_call = _DRAWS_PER_CALL["cuda" if device.type == "cuda" else "cpu"]

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,13 @@ from pvae.infer.checkpoint import load_checkpoint, save_checkpoint
 from pvae.infer.checks import check_data, check_model_data, check_owner, check_support
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import Cluster, connect
-from pvae.infer.evaluate import as_tuple, elbo_of_checked_data
+from pvae.infer.evaluate import elbo_of_checked_data
 from pvae.infer.fast_elbo import ReparameterizedELBO
 from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.infer.plates import trace_pair
-from pvae.infer.precision import autocast, check_precision, matmul_precision
+from pvae.infer.precision import autocast, matmul_precision
+from pvae.infer.settings import TrainConfig
+from pvae.infer.sources import DatasetBatches, LoaderBatches, as_tensors, training_source
 from pvae.infer.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
 
 
@@ -62,17 +64,11 @@ def progress_enabled() -> bool:
     return sys.stdout.isatty() and not os.environ.get("CI")
 
 
-def _check_arguments(tensors, num_epochs, batch_size, learning_rate) -> None:
-    for name, value in [("num_epochs", num_epochs), ("batch_size", batch_size)]:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    if num_epochs < 0:
-        raise ValueError(f"num_epochs must be ≥ 0, got {num_epochs}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
-    check_data(tensors[0])
+def _check_tensors(tensors, transform) -> None:
+    # 8-bit images and the like are fine with a transform: their transformed rows are checked.
+    check_data(tensors[0], floating=transform is None)
+    if transform is not None and hasattr(transform, "check_data"):
+        transform.check_data(tensors[0])
     for i, tensor in enumerate(tensors[1:], start=1):
         if tensor.shape[0] != tensors[0].shape[0]:
             raise ValueError(
@@ -201,19 +197,29 @@ def fit(
     device: str | torch.device | None = None,
     precision: str = "float32",
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    epoch_schedules: Sequence[Any] = (),
+    num_data: int | None = None,
     progress: bool | None = None,
 ) -> FitResult:
     """Train ``model``/``guide`` by SVI with Adam on minibatches of ``data``.
 
     Any Pyro model/guide pair works, a hand-written one too, provided that the per-datapoint
     sites sit in ``pyro.plate("data", batch_size)``: the minibatch ELBO is then scaled to the
-    full dataset (global sites, outside the plate, count once). ``data`` is a tensor or a
-    tuple of tensors (e.g. images and labels) with one row per datapoint, passed to
-    ``model(*batch)``; minibatches are slices of it on its own device, where the networks
-    must be too. ``transform`` is applied to the first tensor of each minibatch (e.g.
-    :class:`pvae.data.DynamicBinarization`). The first step runs with Pyro's validation on;
-    if ``model`` is a method of an object with ``check_data`` (as :class:`pvae.VAE`), the
-    data are checked against the likelihood's support before it. Entries an earlier model
+    full dataset (global sites, outside the plate, count once). ``data`` is a tensor, a
+    numpy array or a tuple of those (e.g. images and labels) with one row per datapoint,
+    passed to ``model(*batch)``; minibatches are slices of it on its own device, where the
+    networks must be too. ``transform`` is applied to the first tensor of each minibatch (e.g.
+    :class:`pvae.data.DynamicBinarization`, or ``lambda b: b.float() / 255`` for 8-bit images
+    kept 8-bit in memory; every transformed row is checked once before training). ``data``
+    may also be a map-style ``torch.utils.data.Dataset`` (e.g. ``ImageFolder`` with a
+    transform; its items are read as minibatches need them, in fit's own order, so resuming
+    stays exact) or a ``DataLoader`` (its own batches, order and workers; iterable datasets
+    larger than memory too; ``num_data`` is the dataset's size, from ``len()`` unless given;
+    an epoch interrupted midway restarts when resumed); these are checked on their first
+    minibatch, and read on the host (``device`` says where the steps run). The first step
+    runs with Pyro's validation on; if ``model`` is a method of an object with
+    ``check_data`` (as :class:`pvae.VAE`), the data are checked against the likelihood's
+    support before it. Entries an earlier model
     left in Pyro's global parameter store under the ``pyro.module`` names of this one are
     pointed to this model's own networks, with a warning (:mod:`pvae.infer.param_store`).
 
@@ -249,6 +255,11 @@ def fit(
             products on GPUs that have it) or ``"bfloat16"`` (model and guide under
             ``torch.autocast``); see :mod:`pvae.precision`.
         on_epoch_end: called with each epoch's :class:`EpochStats`.
+        num_data: the number of datapoints of a ``DataLoader`` whose dataset has no
+            ``len()`` (the data plate is scaled to it).
+        epoch_schedules: objects with ``set_epoch(completed_epochs)``, called before each
+            epoch (a resumed one too, from the checkpoint's epoch): hyperparameters that
+            change with the epoch, e.g. a beta-VAE's ``vae.kl_warmup``.
 
     Raises:
         ValueError: bad data or arguments, before any step.
@@ -266,7 +277,7 @@ def fit(
     run = _Run(
         model,
         guide,
-        as_tuple(data),
+        training_source(data),
         _Settings(
             num_epochs=num_epochs,
             batch_size=batch_size,
@@ -281,34 +292,35 @@ def fit(
             checkpoint_extra=checkpoint_extra,
             precision=precision,
             on_epoch_end=on_epoch_end,
+            epoch_schedules=tuple(epoch_schedules),
+            num_data=num_data,
             progress=progress,
         ),
         device,
         distributed,
     )
-    run.prepare(as_tuple(held_out) if held_out is not None else None, optimizer)
+    held_out = as_tensors(held_out, "held_out") if held_out is not None else None
+    run.prepare(held_out, optimizer)
     run.restore(load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume)
     return run.train()
 
 
-@dataclasses.dataclass
-class _Settings:
-    """fit's arguments that hold for the whole run."""
+@dataclasses.dataclass(kw_only=True)
+class _Settings(TrainConfig):
+    """fit's arguments that hold for the whole run: the plain ones, and callables and paths."""
 
-    num_epochs: int
-    batch_size: int
-    learning_rate: float
-    objective: str
-    num_particles: int
     transform: Callable | None
-    seed: int | None
-    clip_norm: float | None
     csv_path: str | Path | None
     checkpoint_path: str | Path | None
     checkpoint_extra: Callable[[], dict[str, Any]] | None
-    precision: str
     on_epoch_end: Callable[[EpochStats], None] | None
+    epoch_schedules: tuple[Any, ...]
+    num_data: int | None
     progress: bool | None
+
+
+# Rows transformed at a time when data of an integer dtype are checked (memory stays small).
+_CHECK_CHUNK = 4096
 
 
 class _Run:
@@ -316,31 +328,44 @@ class _Run:
     objective and find the parameters (prepare), restore a checkpoint, then epochs of
     steps, each epoch finished by its figures and a checkpoint."""
 
-    def __init__(self, model, guide, tensors, settings: _Settings, device, distributed):
-        self.model, self.guide, self.tensors, self.settings = model, guide, tensors, settings
-        self.device = _training_device(tensors[0].device, device)
-        _check_arguments(tensors, settings.num_epochs, settings.batch_size, settings.learning_rate)
-        if settings.clip_norm is not None and not settings.clip_norm > 0:
-            raise ValueError(f"clip_norm must be positive, got {settings.clip_norm}")
-        check_precision(settings.precision)
-        if settings.transform is not None and hasattr(settings.transform, "check_data"):
-            settings.transform.check_data(tensors[0])
-        self.num_data = tensors[0].shape[0]
-        if self.device == tensors[0].device:
-            self.batches = DeviceBatches(tensors)
-        else:
-            self.batches = HostBatches(tensors, self.device, settings.batch_size)
-        # The minibatch order lives where the rows are gathered.
-        self.order_device = self.batches.tensors[0].device
+    def __init__(self, model, guide, source, settings: _Settings, device, distributed):
+        self.model, self.guide, self.settings = model, guide, settings
+        settings.check()
+        self.tensors = source if isinstance(source, tuple) else None
+        if self.tensors is not None:
+            self._place_tensors(self.tensors, device)
+        else:  # a Dataset or DataLoader, read on the host as minibatches need it
+            self.device = _training_device(torch.device("cpu"), device)
+            self.batches, self.order_device = source, torch.device("cpu")
+            self.num_data = _source_size(source, settings.num_data)
+        self.loader = self.batches if isinstance(self.batches, LoaderBatches) else None
         self.cluster = connect(self.device, distributed)
+        if self.cluster.active and self.tensors is None:
+            raise ValueError(
+                "distributed training reads in-memory data only: pass tensors (each rank "
+                "takes its share of every minibatch)"
+            )
         if self.cluster.active and settings.batch_size < self.cluster.world_size:
             raise ValueError(
                 f"batch_size {settings.batch_size} is smaller than the "
                 f"{self.cluster.world_size} processes: the global batch is split among them"
             )
 
+    def _place_tensors(self, tensors, device) -> None:
+        self.device = _training_device(tensors[0].device, device)
+        _check_tensors(tensors, self.settings.transform)
+        self.num_data = tensors[0].shape[0]
+        if self.device == tensors[0].device:
+            self.batches = DeviceBatches(tensors)
+        else:
+            self.batches = HostBatches(tensors, self.device, self.settings.batch_size)
+        # The minibatch order lives where the rows are gathered.
+        self.order_device = self.batches.tensors[0].device
+
     def prepare(self, held_out, optimizer) -> None:
         """Seeds, data checks, the objective, the parameters and the optimizer."""
+        for schedule in self.settings.epoch_schedules:  # the first trace below sees epoch 0
+            schedule.set_epoch(0)
         settings, cluster, device = self.settings, self.cluster, self.device
         # One seed for the minibatch order, the same on every rank; the draws of each rank
         # (guide noise, binarization) come from its own seed.
@@ -350,7 +375,7 @@ class _Run:
         if seed is not None or cluster.active:
             pyro.set_rng_seed(base_seed + cluster.rank)
         self.state = _Progress(seed=base_seed)
-        first = self._batch(tuple(t[: settings.batch_size].to(device) for t in self.tensors))
+        first = self._batch(self._first_rows())
         self._check_data(first, held_out)
         with pyro.validation_enabled(True):
             traces = trace_pair(self.model, self.guide, *first)
@@ -373,11 +398,27 @@ class _Run:
         self.optimizer = optimizer
 
     def _check_data(self, first, held_out) -> None:
-        # Training data were checked for NaN/Inf with the arguments. With a transform (e.g.
-        # dynamic binarization) the model sees transformed batches: the transform checked its
-        # own input, and the first transformed batch stands for the rest.
-        transformed = self.settings.transform is not None
-        check_owner(self.model, first[0] if transformed else self.tensors[0])
+        # Floating training data were checked for NaN/Inf with the arguments. With a transform
+        # (e.g. dynamic binarization) the model sees transformed batches: the transform
+        # checked its own input, and the first transformed batch stands for the rest; data of
+        # another dtype (8-bit images, say) are checked as transformed, chunk by chunk.
+        # A Dataset or DataLoader is checked on its first minibatch (it may not fit memory).
+        transform = self.settings.transform
+        if self.tensors is None or (transform is not None and self.tensors[0].is_floating_point()):
+            check_data(first[0], "the first minibatch")
+            check_owner(self.model, first[0])
+        elif transform is None:
+            check_owner(self.model, self.tensors[0])
+        else:
+            x = self.tensors[0]
+            # A random transform's draws here must not shift the training's random numbers.
+            devices = [x.device.index or 0] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                for start in range(0, self.num_data, _CHECK_CHUNK):
+                    rows = transform(x[start : start + _CHECK_CHUNK])
+                    name = f"data[{start}:{start + rows.shape[0]}] as transformed"
+                    check_data(rows, name)
+                    check_owner(self.model, rows, name)
         check_support(self.model, self.guide, first)
         self.held_out = held_out
         if held_out is not None:
@@ -385,7 +426,17 @@ class _Run:
             check_model_data(self.model, self.guide, held_out, self.device, name, min_dim=2)
 
     def _batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.tensors is None:  # read on the host
+            batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
         return _transformed(batch, self.settings.transform)
+
+    def _first_rows(self) -> tuple[torch.Tensor, ...]:
+        size = self.settings.batch_size
+        if self.loader is not None:
+            return next(iter(self.loader.epoch()))
+        if self.tensors is None:
+            return self.batches.get(torch.arange(min(size, self.num_data)))
+        return tuple(t[:size].to(self.device) for t in self.tensors)
 
     def restore(self, saved: dict | None) -> None:
         """Continue from a checkpoint of :func:`fit`: parameters, optimizer, progress, RNGs."""
@@ -428,11 +479,11 @@ class _Run:
         self.param_list = list(self.params.values())
         self.flags = torch.zeros(1, device=self.device), torch.ones(1, device=self.device)
         self.log = _CsvLog(settings.csv_path if self.cluster.is_main else None, state.history)
-        self.steps_per_epoch = math.ceil(self.num_data / settings.batch_size)
+        self.steps_per_epoch = _steps_per_epoch(self.loader, self.num_data, settings.batch_size)
         show = settings.progress if settings.progress is not None else progress_enabled()
-        remaining = max(settings.num_epochs - state.epoch, 0) * self.steps_per_epoch
+        remaining = max(settings.num_epochs - state.epoch, 0) * (self.steps_per_epoch or 0)
         bar = tqdm(
-            total=max(remaining - state.epoch_steps, 0),
+            total=max(remaining - state.epoch_steps, 0) if self.steps_per_epoch else None,
             disable=not (show and self.cluster.is_main),
             unit="step",
             leave=False,
@@ -440,6 +491,8 @@ class _Run:
         precision = matmul_precision(settings.precision)
         with bar, pyro.validation_enabled(False), precision, StopRequests() as stop:
             while state.epoch < settings.num_epochs:
+                for schedule in settings.epoch_schedules:
+                    schedule.set_epoch(state.epoch)
                 started = time.perf_counter()
                 self._epoch_steps(bar, stop)
                 self._finish_epoch(bar, time.perf_counter() - started)
@@ -448,6 +501,8 @@ class _Run:
     def _epoch_steps(self, bar, stop: StopRequests) -> None:
         """The rest of the current epoch's steps (all of them, unless resumed mid-epoch)."""
         state, batch_size = self.state, self.settings.batch_size
+        if self.loader is not None:
+            return self._loader_epoch_steps(bar, stop)
         if state.order is None:
             state.order = _permutation(self.num_data, state.seed, state.epoch, self.order_device)
             state.next_start, state.epoch_steps = 0, 0
@@ -455,34 +510,49 @@ class _Run:
             state.loss_sum = torch.zeros((), device=self.device)
         while state.next_start < self.num_data:
             start = state.next_start
-            indices = state.order[start : start + batch_size]
+            global_indices = state.order[start : start + batch_size]
             upcoming = state.order[start + batch_size : start + 2 * batch_size]
-            loss, stops = self._step(indices, upcoming, stop.received is not None)
-            state.loss_sum += loss
-            state.next_start += batch_size
-            state.epoch_steps += 1
-            state.num_steps += 1
-            bar.update()
-            if _stop_now(stop, stops, self.cluster, state.num_steps):
-                self.save()
-                path = self.settings.checkpoint_path
-                raise TrainingInterrupted(
-                    stop.received or signal.SIGTERM,
-                    state.epoch + 1,
-                    state.epoch_steps,
-                    Path(path) if path is not None else None,
-                )
-
-    def _step(self, global_indices, upcoming, stop_requested: bool):
-        """One optimizer step on this rank's share; returns its loss and the summed stop flag.
-        ``upcoming`` are the next step's global indices, to fetch while this one computes."""
-        self.optimizer.zero_grad(set_to_none=True)
-        indices = self.cluster.shard(global_indices)
-        loss = torch.zeros((), device=self.device)
-        if indices.numel() > 0:
+            indices = self.cluster.shard(global_indices)
+            batch = self._batch(self.batches.get(indices)) if indices.numel() > 0 else None
             # Scaled so that the losses of all ranks sum to the global batch's estimate.
             self.scale.num_data = self.num_data * indices.numel() / global_indices.numel()
-            batch = self._batch(self.batches.get(indices))
+            loss, stops = self._step(batch, stop.received is not None)
+            self.batches.prefetch(self.cluster.shard(upcoming))
+            state.next_start += batch_size
+            self._count_step(loss, stops, bar, stop)
+
+    def _loader_epoch_steps(self, bar, stop: StopRequests) -> None:
+        """An epoch of a DataLoader's own minibatches. Its order is its own, so an epoch
+        interrupted midway starts again from its beginning when resumed."""
+        state = self.state
+        state.order, state.next_start, state.epoch_steps = None, 0, 0
+        state.loss_sum = torch.zeros((), device=self.device)
+        for batch in self.loader.epoch():
+            loss, stops = self._step(self._batch(batch), stop.received is not None)
+            self._count_step(loss, stops, bar, stop)
+
+    def _count_step(self, loss, stops, bar, stop: StopRequests) -> None:
+        state = self.state
+        state.loss_sum += loss
+        state.epoch_steps += 1
+        state.num_steps += 1
+        bar.update()
+        if _stop_now(stop, stops, self.cluster, state.num_steps):
+            self.save()
+            path = self.settings.checkpoint_path
+            raise TrainingInterrupted(
+                stop.received or signal.SIGTERM,
+                state.epoch + 1,
+                state.epoch_steps,
+                Path(path) if path is not None else None,
+            )
+
+    def _step(self, batch, stop_requested: bool):
+        """One optimizer step on this rank's share of the global minibatch (``batch``: None
+        when the share is empty); returns its loss and the summed stop flag."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=self.device)
+        if batch is not None:
             with autocast(self.settings.precision, self.device):
                 loss = self.elbo.differentiable_loss(self.scaled_model, self.scaled_guide, *batch)
             loss.backward()
@@ -494,14 +564,13 @@ class _Run:
             norm = torch.nn.utils.clip_grad_norm_(self.param_list, self.settings.clip_norm)
             loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
         self.optimizer.step()
-        self.batches.prefetch(self.cluster.shard(upcoming))
         return loss.detach(), stops
 
     def _finish_epoch(self, bar, seconds: float) -> None:
         """The epoch's figures (a divergence stops here), the log, the checkpoint."""
         state = self.state
         loss_total = self.cluster.sum_(state.loss_sum.clone())
-        train_bound = -loss_total.item() / (self.steps_per_epoch * self.num_data)
+        train_bound = -loss_total.item() / (state.epoch_steps * self.num_data)
         if not math.isfinite(train_bound):
             path = self.settings.checkpoint_path
             kept = f"; the checkpoint {path} from epoch {state.epoch} is intact" if path else ""
@@ -555,6 +624,28 @@ def _training_device(data_device: torch.device, device) -> torch.device:
             "minibatches from host memory only; move the data to the CPU or to the device"
         )
     return device
+
+
+def _steps_per_epoch(loader: LoaderBatches | None, num_data: int, batch_size: int) -> int | None:
+    if loader is None:
+        return math.ceil(num_data / batch_size)
+    try:
+        return len(loader.loader)
+    except TypeError:  # an iterable dataset: as many as it yields
+        return None
+
+
+def _source_size(source, num_data: int | None) -> int:
+    """The number of datapoints the minibatch ELBO is scaled to (the data plate's size)."""
+    if isinstance(source, DatasetBatches):
+        return source.num_data
+    size = num_data if num_data is not None else source.dataset_size()
+    if size is None:
+        raise ValueError(
+            "data is a DataLoader over a dataset without len(): pass num_data= (the number "
+            "of datapoints in an epoch), to which each minibatch's ELBO is scaled"
+        )
+    return size
 
 
 def _permutation(num_data: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:

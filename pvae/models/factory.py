@@ -13,12 +13,14 @@ from pvae.models.guides import make_guide
 from pvae.models.likelihoods import make_likelihood
 from pvae.models.nets import make_networks
 from pvae.models.priors import make_prior
+from pvae.models.settings import ModelConfig
 from pvae.models.vae import VAE
+from pvae.models.variants import AdversarialAutoencoder
 
 
 def build_vae(
     x_dim: int,
-    z_dim: int = 50,
+    z_dim: int = 20,
     hidden_dims: Sequence[int] = (400,),
     activation: str = "relu",
     prior: str = "standard_normal",
@@ -58,7 +60,7 @@ def build_vae(
         20
         >>> conv = build_vae(784, 8, network="conv", image_shape=[1, 28, 28], prior="vamp")
     """
-    model_args = dict(
+    config = ModelConfig(
         x_dim=x_dim,
         z_dim=z_dim,
         hidden_dims=list(hidden_dims),
@@ -75,71 +77,52 @@ def build_vae(
         beta=beta,
         warmup_epochs=warmup_epochs,
         num_classes=num_classes,
-    )
-    if adversarial:
-        model_args.update(
-            adversarial=True,
-            adversarial_weight=adversarial_weight,
-            discriminator_dims=list(discriminator_dims),
-        )
-        _check_adversarial(model_args)
-    likelihood_module = make_likelihood(likelihood, **model_args["likelihood_options"])
-    guide_module = make_guide(guide, z_dim, **model_args["guide_options"])
-    encoder, decoder = make_networks(
-        network,
-        x_dim,
-        z_dim,
-        image_shape=image_shape,
-        hidden_dims=hidden_dims,
-        activation=activation,
-        channels=channels,
-        params_per_dim=likelihood_module.params_per_dim,
-        context_dim=guide_module.context_dim,
-        cond_dim=num_classes,
-    )
-    prior_module = make_prior(prior, z_dim, encoder, x_dim, **model_args["prior_options"])
-    if adversarial:
-        from pvae.models.variants import AdversarialAutoencoder
-
-        aae = AdversarialAutoencoder(
-            encoder,
-            decoder,
-            prior_module,
-            likelihood_module,
-            discriminator_dims=discriminator_dims,
-            adversarial_weight=adversarial_weight,
-            x_shape=(x_dim,),
-        )
-        aae.model_args = model_args
-        return aae
-    vae = VAE(
-        encoder,
-        decoder,
-        prior=prior_module,
-        likelihood=likelihood_module,
-        guide_family=guide_module,
-        beta=beta,
-        warmup_epochs=warmup_epochs,
-        num_classes=num_classes,
-        x_shape=(x_dim,),
-    )
-    vae.model_args = model_args
+        adversarial=adversarial,
+        adversarial_weight=adversarial_weight,
+        discriminator_dims=list(discriminator_dims),
+    ).check()
+    vae = _build(config)
+    vae.model_args = config.to_dict()
     return vae
 
 
-def _check_adversarial(model_args: dict[str, Any]) -> None:
-    """The adversarial autoencoder has a deterministic encoder, no KL term and no labels."""
-    conflicts = {
-        "guide": (model_args["guide"] != "gaussian", "its encoder is deterministic"),
-        "beta": (model_args["beta"] != 1 or model_args["warmup_epochs"] > 0, "it has no KL term"),
-        "num_classes": (model_args["num_classes"] > 0, "it is unconditional"),
-    }
-    for key, (conflict, reason) in conflicts.items():
-        if conflict:
-            raise ValueError(
-                f"the adversarial autoencoder takes no {key} setting ({reason}): drop it, or "
-                "drop adversarial"
-            )
+def _build(config: ModelConfig) -> VAE:
+    likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
+    guide = make_guide(config.guide, config.z_dim, **config.guide_options)
+    encoder, decoder = make_networks(
+        config.network,
+        config.x_dim,
+        config.z_dim,
+        image_shape=config.image_shape,
+        hidden_dims=config.hidden_dims,
+        activation=config.activation,
+        channels=config.channels,
+        params_per_dim=likelihood.params_per_dim,
+        context_dim=guide.context_dim,
+        cond_dim=config.num_classes,
+    )
+    prior = make_prior(config.prior, config.z_dim, encoder, config.x_dim, **config.prior_options)
+    if config.adversarial:
+        return AdversarialAutoencoder(
+            encoder,
+            decoder,
+            prior,
+            likelihood,
+            discriminator_dims=config.discriminator_dims,
+            adversarial_weight=config.adversarial_weight,
+            x_shape=(config.x_dim,),
+        )
+    return VAE(
+        encoder,
+        decoder,
+        prior=prior,
+        likelihood=likelihood,
+        guide_family=guide,
+        beta=config.beta,
+        warmup_epochs=config.warmup_epochs,
+        num_classes=config.num_classes,
+        x_shape=(config.x_dim,),
+    )
 
 
 def vae_state(vae: VAE, **extra: Any) -> dict[str, Any]:

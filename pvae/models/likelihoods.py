@@ -38,7 +38,7 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional
 
-from pvae.data import HELD_OUT_SEED, DynamicBinarization, binarize
+from pvae.data import held_out_data, train_transform
 from pvae.models.continuous_bernoulli import StableContinuousBernoulli
 from pvae.models.registry import build
 
@@ -80,15 +80,18 @@ def _split(params: torch.Tensor, event_dim: int, parts: int) -> tuple[torch.Tens
 
 
 class _DataPreparation:
-    """How a likelihood wants its data prepared: nothing to do, unless it says otherwise."""
+    """How a likelihood wants its data (``data_form``, one of :data:`pvae.data.DATA_FORMS`:
+    as given, unless it says otherwise); :mod:`pvae.data` prepares them."""
+
+    data_form = "as_given"
 
     def train_transform(self):
         """The ``transform`` to give :func:`pvae.fit` for training data (or ``None``)."""
-        return None
+        return train_transform(self.data_form)
 
     def held_out_data(self, x: torch.Tensor) -> torch.Tensor:
         """Held-out data as this likelihood scores them (fixed, so bounds are comparable)."""
-        return x
+        return held_out_data(x, self.data_form)
 
 
 class BinaryBernoulli(dist.Bernoulli):
@@ -127,6 +130,9 @@ class BernoulliLikelihood(_DataPreparation, nn.Module):
     """
 
     params_per_dim = 1
+    # Grey levels re-binarized every training minibatch (Burda et al., 2016), held-out ones
+    # once with pvae's fixed seed.
+    data_form = "binarized"
 
     def forward(self, logits: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
         # Support checks belong to check_data, once, not to every training step.
@@ -146,14 +152,6 @@ class BernoulliLikelihood(_DataPreparation, nn.Module):
                 "binarize them with pvae.data.binarize (or pass transform=pvae.data.binarize "
                 "to fit for dynamic binarization)."
             )
-
-    def train_transform(self):
-        """Training grey levels are re-binarized every minibatch (Burda et al., 2016)."""
-        return DynamicBinarization()
-
-    def held_out_data(self, x: torch.Tensor) -> torch.Tensor:
-        """Held-out grey levels binarized once, with pvae's fixed seed."""
-        return binarize(x, seed=HELD_OUT_SEED)
 
 
 class ContinuousBernoulliLikelihood(_DataPreparation, nn.Module):

@@ -18,6 +18,7 @@ from torch.nn import functional
 from pvae.infer.param_store import register_module
 from pvae.infer.plates import PARTICLE_PLATE
 from pvae.models.guides import GaussianGuide
+from pvae.models.kl_warmup import KLWarmup
 from pvae.models.likelihoods import BernoulliLikelihood
 from pvae.models.priors import StandardNormalPrior
 from pvae.models.registry import ModelError
@@ -49,9 +50,10 @@ class VAE(nn.Module):
       latent site of model and guide is scaled by ``poutine.scale``, so the objective is
       E_q[log p(x|z)] - w KL(q || p) with w = ``kl_weight``, which warms up linearly from
       beta / warmup_epochs to beta over the first ``warmup_epochs`` epochs (Bowman et al.,
-      CoNLL 2016; Sønderby et al., "Ladder VAE", NeurIPS 2016). Pass
-      ``on_epoch_end=vae.on_epoch_end`` to :func:`pvae.fit` (or set ``completed_epochs``)
-      to advance it. The weight applies only while gradients are computed (training steps):
+      CoNLL 2016; Sønderby et al., "Ladder VAE", NeurIPS 2016), a schedule
+      (:class:`pvae.models.kl_warmup.KLWarmup`) that ``fit`` drives and checkpoints when
+      given ``epoch_schedules=[vae.kl_warmup]``; training a warm-up that nothing advances
+      is refused. The weight applies only while gradients are computed (training steps):
       every evaluation (the held-out ELBO of ``fit``, :func:`pvae.estimate_elbo`,
       :func:`pvae.log_likelihood`, all gradient-free) sees the model itself, beta = 1.
       The train figure ``fit`` reports is the weighted objective. Only the ELBO objectives
@@ -122,7 +124,7 @@ class VAE(nn.Module):
                 f"context_dim={self.guide_family.context_dim}"
             )
         self.beta, self.warmup_epochs, self.num_classes = float(beta), warmup_epochs, num_classes
-        self.completed_epochs = 0
+        self.kl_warmup = KLWarmup(beta, warmup_epochs)
         shape = x_shape if x_shape is not None else getattr(decoder, "x_shape", None)
         self.x_shape = tuple(shape) if shape is not None else None
         # Registering parameter-free modules with Pyro would cost a loop per step for nothing.
@@ -163,17 +165,23 @@ class VAE(nn.Module):
     @property
     def kl_weight(self) -> float:
         """The weight of KL(q || p) in the training objective at this epoch (1 for a VAE)."""
-        if self.warmup_epochs == 0:
-            return self.beta
-        return self.beta * min(1.0, (self.completed_epochs + 1) / self.warmup_epochs)
+        return self.kl_warmup.weight
 
-    def on_epoch_end(self, stats) -> None:
-        """Advance the warm-up: give it to :func:`pvae.fit` as ``on_epoch_end``."""
-        self.completed_epochs = stats.epoch
+    @property
+    def completed_epochs(self) -> int:
+        """Where the KL warm-up stands (set by :func:`pvae.fit` through ``kl_warmup``)."""
+        return self.kl_warmup.completed_epochs or 0
+
+    @completed_epochs.setter
+    def completed_epochs(self, epochs: int) -> None:
+        self.kl_warmup.set_epoch(epochs)
 
     def _kl_scale(self):
+        if not torch.is_grad_enabled():
+            return contextlib.nullcontext()
+        self.kl_warmup.check_driven()
         weight = self.kl_weight
-        if weight == 1.0 or not torch.is_grad_enabled():
+        if weight == 1.0:
             return contextlib.nullcontext()
         if is_validation_enabled() and _in_particle_plate():
             raise ModelError(

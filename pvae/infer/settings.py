@@ -1,0 +1,62 @@
+"""Training's plain settings, written once: the keyword arguments of :func:`pvae.fit` that a
+YAML file can hold, with their defaults and rules (:class:`pvae.Config` extends them).
+
+Example::
+
+    >>> TrainConfig(batch_size=0).check()
+    Traceback (most recent call last):
+    ...
+    ValueError: batch_size must be a positive integer, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pvae.infer.objectives import OBJECTIVES
+from pvae.infer.precision import check_precision
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainConfig:
+    """``num_epochs`` (in all, counting those of a resumed run), ``batch_size``,
+    ``learning_rate`` (Adam), ``objective`` (see :data:`pvae.objectives.OBJECTIVES`),
+    ``num_particles``, ``seed`` (None: from Pyro's global seed), ``clip_norm`` and
+    ``precision`` (see :mod:`pvae.precision`)."""
+
+    num_epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    objective: str = "elbo"
+    num_particles: int = 1
+    seed: int | None = None
+    clip_norm: float | None = None
+    precision: str = "float32"
+
+    def check(self) -> TrainConfig:
+        """Raise a one-line ``ValueError`` naming the setting that is wrong; returns ``self``."""
+        for name in ("num_epochs", "batch_size", "num_particles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.num_epochs < 0:
+            raise ValueError(f"num_epochs must be ≥ 0, got {self.num_epochs}")
+        for name in ("batch_size", "num_particles"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"seed must be an integer ≥ 0, got {self.seed}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"config key 'objective': unknown objective {self.objective!r}: choose one of "
+                f"{', '.join(OBJECTIVES)}"
+            )
+        check_precision(self.precision)
+        return self
+
+
+TRAIN_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
