@@ -83,7 +83,12 @@ def build_vae(
             discriminator_dims=list(discriminator_dims),
         )
         _check_adversarial(model_args)
-    likelihood_module = make_likelihood(likelihood, **model_args["likelihood_options"])
+    if "x_dim" in model_args["likelihood_options"]:
+        raise ValueError(
+            "likelihood_options hold x_dim: the likelihood is given build_vae's x_dim "
+            f"({x_dim}); drop it from the options"
+        )
+    likelihood_module = make_likelihood(likelihood, x_dim, **model_args["likelihood_options"])
     guide_module = make_guide(guide, z_dim, **model_args["guide_options"])
     encoder, decoder = make_networks(
         network,
