@@ -157,6 +157,7 @@ class Pickled:
     pass
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's, on the pickle
 def test_pt_files_of_code_or_other_objects_are_refused(tmp_path):
     with open(tmp_path / "code.pt", "wb") as stream:
         pickle.dump(Pickled(), stream)
