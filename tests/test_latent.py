@@ -89,3 +89,22 @@ def test_principal_components_recover_the_axis_of_largest_variance():
     assert projected.shape == (1000, 2)
     assert abs(torch.corrcoef(torch.stack([projected[:, 0], z[:, 0]]))[0, 1]) > 0.99
     assert 0.9 < explained[0] < 1 and explained[0] > explained[1]
+
+
+def test_principal_components_are_the_covariances_eigenvectors_with_a_fixed_sign():
+    generator = torch.Generator().manual_seed(1)
+    mixing = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    z = torch.randn(300, 4, generator=generator, dtype=torch.float64) @ mixing + 3.0
+    state = torch.random.get_rng_state()
+    projected, explained = principal_components(z, num_components=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator untouched
+    # Exact answer: the eigen-decomposition of the sample covariance.
+    centred = z - z.mean(0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(centred.T @ centred)
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+    torch.testing.assert_close(explained, eigenvalues[:3] / eigenvalues.sum(), rtol=1e-10, atol=0)
+    for k in range(3):  # the same axis; the sign makes the largest coefficient positive
+        axis = eigenvectors[:, k] * eigenvectors[:, k][eigenvectors[:, k].abs().argmax()].sign()
+        torch.testing.assert_close(projected[:, k], centred @ axis, rtol=1e-8, atol=1e-8)
+    again, _ = principal_components(-z, num_components=3)  # flipped data, same signs of axes
+    torch.testing.assert_close(again, -projected, rtol=1e-8, atol=1e-8)

@@ -96,27 +96,36 @@ def auroc_interval(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of :func:`auroc`, resampling anomalies and normals apart.
 
-    The resampled AUROCs come from ranks (the Mann-Whitney U statistic, ties counted half,
-    which is what ``roc_auc_score`` computes), all resamples at once.
+    ``scipy.stats.bootstrap`` with the two groups as independent samples (``paired=False``)
+    and the percentile method; the resampled AUROCs come from ranks (the Mann-Whitney U
+    statistic, ties counted half, which is what ``roc_auc_score`` computes), all resamples
+    at once.
 
     Example::
 
         >>> low, high = auroc_interval(scores.negative_iwae, is_anomaly)  # doctest: +SKIP
     """
+    from scipy.stats import bootstrap
+
     scores, labels = _numpy(scores), _numpy(is_anomaly).astype(bool)
-    anomalies, normals = np.flatnonzero(labels), np.flatnonzero(~labels)
-    rng = np.random.default_rng(seed)
-    resampled = np.concatenate(
-        [
-            scores[rng.choice(anomalies, (num_resamples, anomalies.size))],
-            scores[rng.choice(normals, (num_resamples, normals.size))],
-        ],
-        axis=1,
+    anomalies, normals = scores[labels], scores[~labels]
+
+    def statistic(anomalous: np.ndarray, normal: np.ndarray, axis: int = -1) -> np.ndarray:
+        both = np.concatenate([anomalous, normal], axis=axis)
+        return _auroc_by_ranks(np.moveaxis(both, axis, -1), anomalous.shape[axis])
+
+    result = bootstrap(
+        (anomalies, normals),
+        statistic,
+        n_resamples=num_resamples,
+        vectorized=True,
+        paired=False,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
-    values = _auroc_by_ranks(resampled, anomalies.size)
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    interval = result.confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def _auroc_by_ranks(scores: np.ndarray, num_anomalies: int) -> np.ndarray:

@@ -149,7 +149,12 @@ def principal_components(z: torch.Tensor, num_components: int = 2):
     """Project codes ``[N, z_dim]`` onto their first principal components.
 
     Returns the projections ``[N, num_components]`` and the fraction of the total variance
-    that each component explains.
+    that each component explains. ``torch.pca_lowrank`` finds the components, with the
+    codes centred on their mean (``center=True``) and ``q`` = min(N, z_dim), at which its
+    randomized range finder spans the whole space and is exact; its random sketch is drawn
+    from a fixed seed on a forked generator, so the global one is left alone. A component's
+    sign is arbitrary: each is flipped so that its largest coefficient is positive, which
+    makes the projections the same on every call and every machine.
 
     Example::
 
@@ -158,6 +163,12 @@ def principal_components(z: torch.Tensor, num_components: int = 2):
         (torch.Size([100, 2]), torch.Size([2]))
     """
     centred = z - z.mean(dim=0)
-    _, singular, basis = torch.linalg.svd(centred, full_matrices=False)
+    devices = [z.device] if z.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0)
+        _, singular, basis = torch.pca_lowrank(z, q=min(z.shape), center=True)
+    basis = basis[:, :num_components]  # [z_dim, k], a component per column
+    largest = basis.abs().argmax(dim=0, keepdim=True)
+    basis = basis * basis.gather(0, largest).sign()
     variance = singular**2
-    return centred @ basis[:num_components].T, variance[:num_components] / variance.sum()
+    return centred @ basis, variance[:num_components] / variance.sum()

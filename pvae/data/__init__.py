@@ -1,4 +1,5 @@
-"""Datasets (loaders of image data) and their preparation for a likelihood (binarization)."""
+"""Datasets (MNIST, Fashion-MNIST), users' own files (load_array) and their preparation for a
+likelihood (binarization)."""
 
 from pvae.data.datasets import (
     DATASETS,
@@ -14,6 +15,8 @@ from pvae.data.datasets import (
     read_idx,
     stratified_split,
 )
+from pvae.data.files import ArrayInfo, load_array
+from pvae.data.image_folder import read_image_folder
 from pvae.data.transforms import (
     DATA_FORMS,
     HELD_OUT_SEED,
@@ -22,8 +25,10 @@ from pvae.data.transforms import (
     held_out_data,
     train_transform,
 )
+from pvae.data.user_data import load_user_data
 
 __all__ = [
+    "ArrayInfo",
     "DATA_FORMS",
     "DATASETS",
     "FASHION_MNIST_DIR",
@@ -35,11 +40,14 @@ __all__ = [
     "default_data_dir",
     "held_out_data",
     "default_fashion_mnist_dir",
+    "load_array",
     "load_dataset",
     "load_fashion_mnist",
     "load_mnist",
     "load_offline_mnist",
+    "load_user_data",
     "read_idx",
+    "read_image_folder",
     "stratified_split",
     "train_transform",
 ]

@@ -12,6 +12,8 @@ import dataclasses
 import gzip
 import io
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -60,32 +62,58 @@ def default_fashion_mnist_dir() -> Path:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (the MNIST format; gzip-compressed or not) into a NumPy array.
 
+    torchvision's MNIST reader parses the file (``read_sn3_pascalvincent_tensor``, which
+    ``read_image_file`` and ``read_label_file`` wrap); it reads uncompressed files only, so
+    a ``.gz`` file is first decompressed to a temporary file. Its checks are ``assert``
+    statements; here a file that is not IDX, or whose size disagrees with its header, gets
+    a ``ValueError`` that says so.
+
     Example::
 
         >>> images = read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
         >>> images.shape, images.dtype
         ((10000, 28, 28), dtype('uint8'))
     """
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as stream:
-            raw = bytearray(stream.read())  # writable, so tensors can share its memory
-    except (OSError, EOFError) as error:
-        raise ValueError(f"cannot read IDX file {path}: {error}") from error
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {bytes(raw[:4])!r})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">i4"))
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"{path} is truncated or corrupt: header says shape {shape} ({expected} bytes), "
-            f"file holds {len(raw) - header} bytes of data"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    with _uncompressed(path) as plain:
+        _check_idx_header(plain, path)
+        try:
+            tensor = read_sn3_pascalvincent_tensor(str(plain), strict=True)
+        except (AssertionError, ValueError, RuntimeError) as error:  # size != header's shape
+            raise ValueError(
+                f"{path} is truncated or corrupt: its size disagrees with the shape in its "
+                f"header ({type(error).__name__}{': ' + str(error) if str(error) else ''})"
+            ) from None
+    return tensor.numpy()
+
+
+@contextlib.contextmanager
+def _uncompressed(path: Path):
+    """``path`` itself, or for a ``.gz`` file a temporary decompressed copy of it."""
+    if path.suffix != ".gz":
+        if not path.is_file():
+            raise ValueError(f"cannot read IDX file {path}: no such file")
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        plain = Path(directory) / path.stem
+        try:
+            with gzip.open(path, "rb") as source, open(plain, "wb") as target:
+                shutil.copyfileobj(source, target)
+        except (OSError, EOFError) as error:
+            raise ValueError(f"cannot read IDX file {path}: {error}") from None
+        yield plain
+
+
+def _check_idx_header(plain: Path, path: Path) -> None:
+    with open(plain, "rb") as stream:
+        magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {magic!r})")
+    if not 1 <= magic[3] <= 3:  # torchvision's reader takes the MNIST family's 1 to 3
+        raise ValueError(f"{path} is an IDX file of {magic[3]} dimensions: only 1 to 3 are read")
 
 
 def _images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -146,6 +174,11 @@ def stratified_split(
     labels: np.ndarray, held_out_per_class: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a train/held-out split holding out ``held_out_per_class`` of every class.
+
+    Not ``sklearn.model_selection.train_test_split(stratify=...)``, which holds out in
+    proportion to the class sizes: on MNIST's training labels, asked for 10 per class it
+    holds out 9 to 11 (100: 90 to 112), where the semi-supervised example needs exactly
+    as many labelled images of every class.
 
     Example::
 

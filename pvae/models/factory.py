@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from pvae.infer.checkpoint import load_checkpoint, package_version
+from pvae.models.custom_parts import import_custom_parts, record_custom_parts
 from pvae.models.guides import make_guide
 from pvae.models.likelihoods import make_likelihood
 from pvae.models.nets import make_networks
@@ -87,7 +88,7 @@ def build_vae(
 
 
 def _build(config: ModelConfig) -> VAE:
-    likelihood = make_likelihood(config.likelihood, **config.likelihood_options)
+    likelihood = make_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
     guide = make_guide(config.guide, config.z_dim, **config.guide_options)
     encoder, decoder = make_networks(
         config.network,
@@ -126,10 +127,16 @@ def _build(config: ModelConfig) -> VAE:
 
 
 def vae_state(vae: VAE, **extra: Any) -> dict[str, Any]:
-    """The checkpoint dictionary of a VAE made by :func:`pvae.build_vae`, plus ``extra`` entries."""
+    """The checkpoint dictionary of a VAE made by :func:`pvae.build_vae`, plus ``extra`` entries.
+
+    Parts a user registered (a likelihood class of their own, ...) are named with the module
+    that defines them (``custom_parts``), which :func:`load_vae` imports.
+    """
+    custom = record_custom_parts(vae.model_args)
     return {
         "pvae_version": package_version(),
         "model_args": vae.model_args,
+        **({"custom_parts": custom} if custom else {}),
         "model": vae.state_dict(),
         **extra,
     }
@@ -138,6 +145,9 @@ def vae_state(vae: VAE, **extra: Any) -> dict[str, Any]:
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
     """Rebuild the VAE saved in a checkpoint; returns it with the whole checkpoint dictionary.
 
+    A part registered by a user is imported from the module the checkpoint names (see
+    :mod:`pvae.models.custom_parts`), which must be importable here.
+
     Example::
 
         >>> vae, state = load_vae("runs/mnist/checkpoint.pt")  # doctest: +SKIP
@@ -145,6 +155,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE,
     state = load_checkpoint(path)
     if not state.get("model_args"):
         raise ValueError(f"{path} holds no VAE architecture (model_args): cannot rebuild it")
+    import_custom_parts(state.get("custom_parts", {}), str(path))
     vae = build_vae(**state["model_args"])
     try:
         vae.load_state_dict(state["model"])

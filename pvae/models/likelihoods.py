@@ -38,26 +38,23 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn import functional
 
-from pvae.data import held_out_data, train_transform
 from pvae.models.continuous_bernoulli import StableContinuousBernoulli
-from pvae.models.registry import build
+from pvae.models.likelihood_base import _DataPreparation, _inverse_softplus, _range, _split
+from pvae.models.real_likelihoods import REAL_LIKELIHOODS
+from pvae.models.registry import build, options_of
 
 NUM_LEVELS = 256  # 8-bit data: k in 0..255, x = k / 255
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
-
-
-def _range(x: torch.Tensor) -> str:
-    return f"[{x.min().item():g}, {x.max().item():g}]"
+_REAL_VALUED_HINT = (
+    "for real-valued data (e.g. standardized features) use likelihood 'normal' (or "
+    "'normal_heteroscedastic', 'student_t'; 'beta' for data in (0, 1))"
+)
 
 
 def _check_unit_interval(x: torch.Tensor, name: str) -> None:
     if bool(((x < 0) | (x > 1)).any()):
         raise ValueError(
             f"the {name} likelihood needs data in [0, 1], got values in {_range(x)}: "
-            "divide 8-bit images by 255 (x.float() / 255)"
+            f"divide 8-bit images by 255 (x.float() / 255); {_REAL_VALUED_HINT}"
         )
 
 
@@ -71,27 +68,8 @@ def _check_8bit(x: torch.Tensor, name: str) -> None:
             f"the {name} likelihood needs 8-bit grey levels x = k / 255 (k = 0..255), but "
             f"{int(off.sum())} values are not, e.g. {bad:g}: quantize with "
             "(x * 255).round() / 255, or use the continuous_bernoulli likelihood for "
-            "continuous data in [0, 1]"
+            f"continuous data in [0, 1]; {_REAL_VALUED_HINT}"
         )
-
-
-def _split(params: torch.Tensor, event_dim: int, parts: int) -> tuple[torch.Tensor, ...]:
-    return params.chunk(parts, dim=params.dim() - event_dim)
-
-
-class _DataPreparation:
-    """How a likelihood wants its data (``data_form``, one of :data:`pvae.data.DATA_FORMS`:
-    as given, unless it says otherwise); :mod:`pvae.data` prepares them."""
-
-    data_form = "as_given"
-
-    def train_transform(self):
-        """The ``transform`` to give :func:`pvae.fit` for training data (or ``None``)."""
-        return train_transform(self.data_form)
-
-    def held_out_data(self, x: torch.Tensor) -> torch.Tensor:
-        """Held-out data as this likelihood scores them (fixed, so bounds are comparable)."""
-        return held_out_data(x, self.data_form)
 
 
 class BinaryBernoulli(dist.Bernoulli):
@@ -394,15 +372,26 @@ LIKELIHOODS: dict[str, type[nn.Module]] = {
     "gaussian": GaussianLikelihood,
     "laplace": LaplaceLikelihood,
     "discretized_logistic": DiscretizedLogisticLikelihood,
+    **REAL_LIKELIHOODS,  # normal, normal_heteroscedastic, student_t, beta
 }
 
 
-def make_likelihood(name: str, **options) -> nn.Module:
+def make_likelihood(name: str, x_dim: int | None = None, **options) -> nn.Module:
     """Build a likelihood by name; ``options`` are the class's keyword arguments.
+
+    A likelihood whose class takes ``x_dim`` (one learned value per data dimension, as
+    ``normal``) is given the data dimension ``x_dim``, which :func:`pvae.build_vae` passes.
 
     Example::
 
         >>> make_likelihood("gaussian", scale=0.1).scale
         tensor(0.1000)
+        >>> make_likelihood("normal", x_dim=3).scale.shape
+        torch.Size([3])
     """
-    return build(LIKELIHOODS, "likelihood", name, {}, options)
+    required = {}
+    if name in LIKELIHOODS and "x_dim" in options_of(LIKELIHOODS[name]):
+        if x_dim is None:
+            raise ValueError(f"likelihood {name!r} learns one value per data dimension: pass x_dim")
+        required["x_dim"] = x_dim
+    return build(LIKELIHOODS, "likelihood", name, required, options)

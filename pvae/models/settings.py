@@ -131,6 +131,11 @@ class ModelConfig(Architecture):
             raise ValueError(f"x_dim must be a positive integer, got {self.x_dim}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be ≥ 0, got {self.num_classes}")
+        if "x_dim" in self.likelihood_options:
+            raise ValueError(
+                "likelihood_options hold x_dim: the likelihood is given build_vae's x_dim "
+                f"({self.x_dim}); drop it from the options"
+            )
         self.check_architecture(conditional=self.num_classes > 0)
         return self
 

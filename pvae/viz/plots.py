@@ -8,6 +8,8 @@ function takes flat images (values in [0, 1]) with an ``image_shape``, and retur
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -352,25 +354,42 @@ def save_training_curves(history: Sequence, path: str | Path) -> Path:
 
 
 def plot_khat(result: LogLikelihood, path: str | Path) -> Path:
-    """Save a PNG scatter of k-hat per datapoint with the reliability threshold.
+    """Save a PNG scatter of k-hat per datapoint with the reliability threshold and its value.
+
+    The scatter is ``arviz.plot_khat`` (points above the threshold drawn darker); the
+    threshold is the one :attr:`pvae.LogLikelihood.khat_threshold` checks against, which
+    depends on the number of samples K (Vehtari et al., 2024), drawn and labelled with its
+    value.
 
     Example::
 
         >>> plot_khat(result, "khat.png")  # doctest: +SKIP
     """
+    import arviz
+    import xarray  # arviz's own dependency: its ELPDData holds k-hat as a DataArray
+
     # A bare Figure draws with Agg and leaves pyplot's global state (and backend) alone.
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(6, 4), dpi=100)
     axes = figure.subplots()
-    khat = result.pareto_k.numpy()
-    axes.scatter(np.arange(khat.size), khat, s=6, alpha=0.6)
-    axes.axhline(result.khat_threshold, color="red", linestyle="--", label="threshold")
+    threshold = result.khat_threshold
+    khats = xarray.DataArray(result.pareto_k.double().numpy(), dims=["datapoint"])
+    # An ELPDData carries the threshold (arviz's good_k), so arviz's darker points are ours.
+    elpd = arviz.ELPDData(data=[khats, threshold], index=["pareto_k", "good_k"])
+    with warnings.catch_warnings():
+        # Legacy arviz (0.x) normalizes its keyword arguments in a way matplotlib 3.11
+        # deprecates; the warning is arviz's to fix, not the user's.
+        warnings.filterwarnings("ignore", message=".*alias_mapping to normalize_kwargs")
+        arviz.plot_khat(elpd, ax=axes, show=False, markersize=12)
+    if math.isfinite(threshold):
+        label = f"threshold k̂ = {threshold:.2f} (K = {result.num_samples})"
+        axes.axhline(threshold, color="red", linestyle="--", label=label)
+        axes.legend()
     axes.set_xlabel("datapoint")
     axes.set_ylabel("Pareto k̂")
     axes.set_title(f"PSIS k̂ of the IWAE_{result.num_samples} weights")
     axes.grid(alpha=0.3)
-    axes.legend()
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)
