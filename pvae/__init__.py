@@ -26,7 +26,7 @@ from pvae.infer.evaluate import estimate_elbo
 from pvae.infer.iwae import LogLikelihood, log_likelihood
 from pvae.infer.train import EpochStats, FitResult, fit
 from pvae.models import guides, likelihoods, nets, priors, variants
-from pvae.models.factory import build_vae, load_vae, vae_state
+from pvae.models.factory import build_vae, load, load_vae, vae_state
 from pvae.models.vae import VAE
 from pvae.viz import plots
 from pvae.viz.plots import plot_khat
@@ -65,6 +65,7 @@ __all__ = [
     "log_likelihood",
     "LogLikelihood",
     "plot_khat",
+    "load",
     "load_checkpoint",
     "load_vae",
     "nets",

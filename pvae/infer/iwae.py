@@ -24,6 +24,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
+from tqdm.auto import tqdm
 
 from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
@@ -36,6 +37,7 @@ from pvae.infer.log_weights import (
     sample_sites,
 )
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model
+from pvae.infer.progress import progress_enabled
 from pvae.infer.sources import as_tensors
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
@@ -130,6 +132,7 @@ def log_likelihood(
     max_log_weights: int = _MAX_LOG_WEIGHTS,
     distributed: bool | None = None,
     device: str | torch.device | None = None,
+    progress: bool | None = None,
 ) -> LogLikelihood:
     """IWAE_K estimate of log p(x) for every datapoint, with the ELBO, ESS and Pareto k-hat.
 
@@ -156,7 +159,8 @@ def log_likelihood(
     Under torchrun (or ``distributed=True``) each process scores a contiguous share of the
     datapoints and every process gets the gathered result, the same as a single process's.
     With ``device`` (where model and guide run; default: the data's device), data kept in
-    host memory are copied to it one data chunk at a time.
+    host memory are copied to it one data chunk at a time. ``progress`` shows a bar of the
+    datapoints scored (default: at a terminal or in a notebook, not in CI).
 
     Example::
 
@@ -182,7 +186,10 @@ def log_likelihood(
     # Each process scores a contiguous share of the datapoints, cut at draw blocks so that
     # every datapoint gets the draws it would get in a single process.
     start, end = cluster.rows(num_data, multiple=_DATA_BLOCK)
+    show = progress if progress is not None else progress_enabled()
+    bar = tqdm(total=end - start, unit="datapoint", disable=not (show and cluster.is_main))
     with (
+        bar,
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         torch.no_grad(),
         pyro.validation_enabled(False),
@@ -202,6 +209,7 @@ def log_likelihood(
             data_chunk,
             max_log_weights,
             device,
+            bar,
         )
     shards = cluster.gather_objects(shard)
     per_datapoint, elbo, ess, khat = (torch.cat([part[i] for part in shards]) for i in range(4))
@@ -247,6 +255,7 @@ def _score_rows(
     data_chunk,
     max_log_weights,
     device,
+    bar,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """IWAE, ELBO, ESS and k-hat (CPU float64) of these rows; block ids start at first_block."""
     num_data = tensors[0].shape[0]
@@ -272,6 +281,7 @@ def _score_rows(
         per_datapoint[n0:n1] = stats.log_mean_weight().cpu()
         elbo[n0:n1] = stats.mean_log_weight().cpu()
         ess[n0:n1] = stats.ess().cpu()
+        bar.update(n1 - n0)
         if keep:
             khat[n0:n1] = torch.from_numpy(_psis_khat(torch.cat(kept).T.numpy()))
         elif num_samples >= _PSIS_MIN_SAMPLES:

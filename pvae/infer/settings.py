@@ -12,17 +12,21 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from pvae.infer.objectives import OBJECTIVES
 from pvae.infer.precision import check_precision
+from pvae.infer.schedules import check_lr_schedule
 
 
 @dataclasses.dataclass(kw_only=True)
 class TrainConfig:
     """``num_epochs`` (in all, counting those of a resumed run), ``batch_size``,
     ``learning_rate`` (Adam), ``objective`` (see :data:`pvae.objectives.OBJECTIVES`),
-    ``num_particles``, ``seed`` (None: from Pyro's global seed), ``clip_norm`` and
-    ``precision`` (see :mod:`pvae.precision`)."""
+    ``num_particles``, ``seed`` (None: from Pyro's global seed), ``clip_norm``,
+    ``precision`` (see :mod:`pvae.precision`), ``patience`` (stop after this many epochs
+    without a better held-out ELBO) and ``lr_schedule`` with ``lr_schedule_options`` (see
+    :func:`pvae.infer.schedules.make_lr_scheduler`)."""
 
     num_epochs: int = 10
     batch_size: int = 128
@@ -32,6 +36,9 @@ class TrainConfig:
     seed: int | None = None
     clip_norm: float | None = None
     precision: str = "float32"
+    patience: int | None = None
+    lr_schedule: str | None = None
+    lr_schedule_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> TrainConfig:
         """Raise a one-line ``ValueError`` naming the setting that is wrong; returns ``self``."""
@@ -55,6 +62,9 @@ class TrainConfig:
                 f"config key 'objective': unknown objective {self.objective!r}: choose one of "
                 f"{', '.join(OBJECTIVES)}"
             )
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
+            raise ValueError(f"patience must be a positive number of epochs, got {self.patience}")
+        check_lr_schedule(self.lr_schedule)
         check_precision(self.precision)
         return self
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import os
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +29,8 @@ from pvae.infer.fast_elbo import ReparameterizedELBO
 from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.infer.plates import trace_pair
 from pvae.infer.precision import autocast, matmul_precision
+from pvae.infer.progress import progress_enabled
+from pvae.infer.schedules import EarlyStopping, make_lr_scheduler, step_lr_scheduler
 from pvae.infer.settings import TrainConfig
 from pvae.infer.sources import DatasetBatches, LoaderBatches, as_tensors, training_source
 from pvae.infer.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
@@ -54,14 +54,12 @@ class FitResult:
     history: list[EpochStats]
     optimizer: torch.optim.Optimizer
     num_steps: int
+    best_epoch: int = 0  # the epoch of the best held-out ELBO (0: no held-out data)
+    best_held_out_elbo: float | None = None
+    stopped_early: bool = False  # by patience, before num_epochs
 
     def history_dicts(self) -> list[dict]:
         return [dataclasses.asdict(stats) for stats in self.history]
-
-
-def progress_enabled() -> bool:
-    """Progress bars only for a person at a terminal: not in CI, not into a file or pipe."""
-    return sys.stdout.isatty() and not os.environ.get("CI")
 
 
 def _check_tensors(tensors, transform) -> None:
@@ -196,6 +194,10 @@ def fit(
     distributed: bool | None = None,
     device: str | torch.device | None = None,
     precision: str = "float32",
+    patience: int | None = None,
+    lr_schedule: str | Callable | None = None,
+    lr_schedule_options: dict[str, Any] | None = None,
+    more_epochs: int | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     epoch_schedules: Sequence[Any] = (),
     num_data: int | None = None,
@@ -254,6 +256,15 @@ def fit(
         precision: ``"float32"`` (exact, the default), ``"tf32"`` (TensorFloat-32 matrix
             products on GPUs that have it) or ``"bfloat16"`` (model and guide under
             ``torch.autocast``); see :mod:`pvae.precision`.
+        patience: stop when the held-out ELBO has not improved for this many epochs (needs
+            ``held_out``). With ``held_out`` and ``checkpoint_path``, the best epoch's
+            checkpoint is kept as ``best.pt`` next to the last one.
+        lr_schedule: ``"plateau"``, ``"cosine"``, ``"step"`` or a function of the optimizer
+            returning a ``torch.optim.lr_scheduler`` scheduler, stepped after each epoch and
+            checkpointed; ``lr_schedule_options`` are its keyword arguments
+            (:func:`pvae.infer.schedules.make_lr_scheduler`).
+        more_epochs: train this many epochs more than the resumed checkpoint holds (instead
+            of ``num_epochs``, which counts epochs in all).
         on_epoch_end: called with each epoch's :class:`EpochStats`.
         num_data: the number of datapoints of a ``DataLoader`` whose dataset has no
             ``len()`` (the data plate is scaled to it).
@@ -291,6 +302,10 @@ def fit(
             checkpoint_path=checkpoint_path,
             checkpoint_extra=checkpoint_extra,
             precision=precision,
+            patience=patience,
+            lr_schedule=lr_schedule,
+            lr_schedule_options=dict(lr_schedule_options or {}),
+            more_epochs=more_epochs,
             on_epoch_end=on_epoch_end,
             epoch_schedules=tuple(epoch_schedules),
             num_data=num_data,
@@ -315,6 +330,7 @@ class _Settings(TrainConfig):
     checkpoint_extra: Callable[[], dict[str, Any]] | None
     on_epoch_end: Callable[[EpochStats], None] | None
     epoch_schedules: tuple[Any, ...]
+    more_epochs: int | None
     num_data: int | None
     progress: bool | None
 
@@ -396,6 +412,21 @@ class _Run:
         if optimizer is None:
             optimizer = adam(list(self.params.values()), settings.learning_rate)
         self.optimizer = optimizer
+        self.num_epochs = settings.num_epochs
+        if settings.more_epochs is not None:
+            self.num_epochs = settings.more_epochs
+        self.lr_scheduler = make_lr_scheduler(
+            settings.lr_schedule, settings.lr_schedule_options, optimizer, self.num_epochs
+        )
+        path = settings.checkpoint_path
+        if held_out is not None and path is not None and Path(path).name == "best.pt":
+            raise ValueError(
+                "checkpoint_path must not be named best.pt: the best held-out epoch's "
+                "checkpoint is kept under that name next to it"
+            )
+        if settings.patience is not None and held_out is None:
+            raise ValueError("patience stops on the held-out ELBO: pass held_out= data too")
+        self.stopping = EarlyStopping(settings.patience)
 
     def _check_data(self, first, held_out) -> None:
         # Floating training data were checked for NaN/Inf with the arguments. With a transform
@@ -452,9 +483,17 @@ class _Run:
             self.state.order = self.state.order.to(self.order_device)
             self.state.loss_sum = self.state.loss_sum.to(self.device)
         _restore_rng(saved["rng"], self.cluster, self.state)
+        if self.lr_scheduler is not None and saved.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        self.stopping = EarlyStopping(
+            **{**saved.get("early_stopping", {}), "patience": self.settings.patience}
+        )
+        if self.settings.more_epochs is not None:
+            self.num_epochs = self.state.epoch + self.settings.more_epochs
 
-    def save(self) -> None:
-        path = self.settings.checkpoint_path
+    def save(self, path: str | Path | None = None) -> None:
+        """The checkpoint (or ``path``: the best epoch's), written by rank 0."""
+        path = path or self.settings.checkpoint_path
         if path is None:
             return
         rng = self.cluster.gather_objects(rng_state())  # a collective: every rank takes part
@@ -463,9 +502,12 @@ class _Run:
             save_checkpoint(
                 path,
                 {
+                    **_owner_state(self.model),
                     **(extra() if extra is not None else {}),
                     "params": {name: p.detach() for name, p in self.params.items()},
                     "optimizer": self.optimizer.state_dict(),
+                    "lr_scheduler": _state_of(self.lr_scheduler),
+                    "early_stopping": self.stopping.to_dict(),
                     "training": self.state.to_dict(),
                     "rng": rng,
                     "epoch": self.state.epoch,
@@ -481,7 +523,8 @@ class _Run:
         self.log = _CsvLog(settings.csv_path if self.cluster.is_main else None, state.history)
         self.steps_per_epoch = _steps_per_epoch(self.loader, self.num_data, settings.batch_size)
         show = settings.progress if settings.progress is not None else progress_enabled()
-        remaining = max(settings.num_epochs - state.epoch, 0) * (self.steps_per_epoch or 0)
+        self._say_if_nothing_to_do()
+        remaining = max(self.num_epochs - state.epoch, 0) * (self.steps_per_epoch or 0)
         bar = tqdm(
             total=max(remaining - state.epoch_steps, 0) if self.steps_per_epoch else None,
             disable=not (show and self.cluster.is_main),
@@ -490,13 +533,36 @@ class _Run:
         )
         precision = matmul_precision(settings.precision)
         with bar, pyro.validation_enabled(False), precision, StopRequests() as stop:
-            while state.epoch < settings.num_epochs:
+            while state.epoch < self.num_epochs and not self.stopping.should_stop:
                 for schedule in settings.epoch_schedules:
                     schedule.set_epoch(state.epoch)
                 started = time.perf_counter()
                 self._epoch_steps(bar, stop)
                 self._finish_epoch(bar, time.perf_counter() - started)
-        return FitResult(history=state.history, optimizer=self.optimizer, num_steps=state.num_steps)
+        return FitResult(
+            history=state.history,
+            optimizer=self.optimizer,
+            num_steps=state.num_steps,
+            best_epoch=self.stopping.best_epoch,
+            best_held_out_elbo=self.stopping.best_elbo if self.stopping.best_epoch else None,
+            stopped_early=self.stopping.should_stop and state.epoch < self.num_epochs,
+        )
+
+    def _say_if_nothing_to_do(self) -> None:
+        if self.state.epoch >= self.num_epochs and self.state.history:
+            warnings.warn(
+                f"nothing to train: the checkpoint holds {self.state.epoch} epochs and "
+                f"num_epochs = {self.num_epochs} counts epochs in all; pass a larger num_epochs "
+                "(-n) or more_epochs=",
+                stacklevel=4,
+            )
+        elif self.stopping.should_stop:
+            warnings.warn(
+                f"nothing to train: the resumed run stopped early at epoch {self.state.epoch} "
+                f"(no better held-out ELBO for {self.stopping.stale_epochs} epochs; patience "
+                f"{self.stopping.patience}); raise patience to go on",
+                stacklevel=4,
+            )
 
     def _epoch_steps(self, bar, stop: StopRequests) -> None:
         """The rest of the current epoch's steps (all of them, unless resumed mid-epoch)."""
@@ -588,7 +654,11 @@ class _Run:
         stats = EpochStats(state.epoch, train_bound, held_out_elbo, seconds)
         state.history.append(stats)
         self.log.append(stats)
+        step_lr_scheduler(self.lr_scheduler, held_out_elbo, train_bound)
+        improved = held_out_elbo is not None and self.stopping.update(state.epoch, held_out_elbo)
         self.save()
+        if improved and self.settings.checkpoint_path is not None:
+            self.save(best_checkpoint_path(self.settings.checkpoint_path))
         bar.set_postfix(train_bound=f"{train_bound:.2f}")
         if self.settings.on_epoch_end is not None:  # on every rank: it may update the model
             self.settings.on_epoch_end(stats)
@@ -624,6 +694,22 @@ def _training_device(data_device: torch.device, device) -> torch.device:
             "minibatches from host memory only; move the data to the CPU or to the device"
         )
     return device
+
+
+def best_checkpoint_path(checkpoint_path: str | Path) -> Path:
+    """Where fit keeps the best held-out epoch's checkpoint: ``best.pt`` next to the last."""
+    return Path(checkpoint_path).with_name("best.pt")
+
+
+def _owner_state(model) -> dict[str, Any]:
+    """What the object ``model`` is a method of adds to checkpoints (a :class:`pvae.VAE`: its
+    architecture), so that a checkpoint of its model rebuilds without being asked to."""
+    state = getattr(getattr(model, "__self__", None), "checkpoint_state", None)
+    return state() if callable(state) else {}
+
+
+def _state_of(scheduler) -> dict | None:
+    return scheduler.state_dict() if scheduler is not None else None
 
 
 def _steps_per_epoch(loader: LoaderBatches | None, num_data: int, batch_size: int) -> int | None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from pvae.infer.checkpoint import load_checkpoint, package_version
-from pvae.models.custom_parts import import_custom_parts, record_custom_parts
+from pvae.infer.checkpoint import load_checkpoint
+from pvae.models.custom_parts import import_custom_parts
 from pvae.models.guides import make_guide
 from pvae.models.likelihoods import make_likelihood
 from pvae.models.nets import make_networks
@@ -132,14 +132,17 @@ def vae_state(vae: VAE, **extra: Any) -> dict[str, Any]:
     Parts a user registered (a likelihood class of their own, ...) are named with the module
     that defines them (``custom_parts``), which :func:`load_vae` imports.
     """
-    custom = record_custom_parts(vae.model_args)
-    return {
-        "pvae_version": package_version(),
-        "model_args": vae.model_args,
-        **({"custom_parts": custom} if custom else {}),
-        "model": vae.state_dict(),
-        **extra,
-    }
+    return {**vae.checkpoint_state(), **extra}
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """The VAE saved in a checkpoint (by :meth:`pvae.VAE.save` or :func:`pvae.fit`).
+
+    Example::
+
+        >>> vae = pvae.load("runs/mnist_svi/best.pt")  # doctest: +SKIP
+    """
+    return load_vae(path, device)[0]
 
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
@@ -154,7 +157,12 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE,
     """
     state = load_checkpoint(path)
     if not state.get("model_args"):
-        raise ValueError(f"{path} holds no VAE architecture (model_args): cannot rebuild it")
+        raise ValueError(
+            f"{path} holds no VAE architecture (model_args): it is a checkpoint of a model "
+            "that pvae.build_vae did not make (a hand-written model/guide, say). Rebuild the "
+            "model in code and take its parameters from pvae.load_checkpoint(path)['params'], "
+            "or resume it with pvae.fit(..., resume=path)"
+        )
     import_custom_parts(state.get("custom_parts", {}), str(path))
     vae = build_vae(**state["model_args"])
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -15,8 +16,10 @@ from pyro.poutine.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional
 
+from pvae.infer.checkpoint import package_version, save_checkpoint
 from pvae.infer.param_store import register_module
 from pvae.infer.plates import PARTICLE_PLATE
+from pvae.models.custom_parts import record_custom_parts
 from pvae.models.guides import GaussianGuide
 from pvae.models.kl_warmup import KLWarmup
 from pvae.models.likelihoods import BernoulliLikelihood
@@ -280,6 +283,35 @@ class VAE(nn.Module):
         return mean.reshape(*batch, *mean.shape[1:])
 
     @torch.no_grad()
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild this VAE: the settings :func:`pvae.build_vae`
+        made it with and its weights (empty for a VAE assembled by hand). :func:`pvae.fit`
+        adds it to the checkpoints of this VAE's model."""
+        if not self.model_args:
+            return {}
+        custom = record_custom_parts(self.model_args)
+        return {
+            "pvae_version": package_version(),
+            "model_args": self.model_args,
+            **({"custom_parts": custom} if custom else {}),
+            "model": self.state_dict(),
+        }
+
+    def save(self, path) -> Path:
+        """Write this VAE to ``path`` (a checkpoint :func:`pvae.load` rebuilds it from).
+
+        Example::
+
+            >>> pvae.load(vae.save("vae.pt")).z_dim == vae.z_dim  # doctest: +SKIP
+            True
+        """
+        if not self.model_args:
+            raise ValueError(
+                "this VAE was assembled from modules by hand, so no checkpoint can rebuild it: "
+                "build it with pvae.build_vae to save it, or keep torch.save(vae.state_dict())"
+            )
+        return save_checkpoint(path, self.checkpoint_state())
+
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|z) at a representative z of q(z|x) (its mean, for the Gaussian guide)."""
         cond = self._condition(x, y)
