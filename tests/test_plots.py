@@ -19,18 +19,37 @@ def test_sample_grid_is_a_non_blank_image_of_the_expected_size(tmp_path):
     assert pixels.std() > 10
 
 
-def test_reconstructions_alternate_original_and_reconstruction_rows(tmp_path):
+def test_reconstructions_alternate_labelled_original_and_reconstruction_rows(tmp_path):
     originals, reconstructions = torch.zeros(20, 784), torch.ones(20, 784)
     pixels = image(pvae.plots.save_reconstructions(originals, reconstructions, tmp_path / "r.png"))
-    assert pixels.shape == (4 * 30 + 2, 10 * 30 + 2)
-    row_means = [pixels[2 + 30 * r : 30 * (r + 1), 2:-2].mean() for r in range(4)]
-    assert row_means[0] < 50 and row_means[1] > 200 and row_means[2] < 50 and row_means[3] > 200
+    # save_image_table's layout: tiles of 28 + 2 pixels drawn twice enlarged, right of a
+    # label margin of 12 + 8 pixels per character of "reconstruction"
+    left = 12 + 8 * len("reconstruction")
+    assert pixels.shape == (2 * (4 * 30 + 2), left + 2 * (10 * 30 + 2))
+    rows = [pixels[2 * (2 + 30 * r) : 2 * 30 * (r + 1), left + 4 : -4] for r in range(4)]
+    assert [bool(row.mean() > 128) for row in rows] == [False, True, False, True]
+    margins = [pixels[2 * (2 + 30 * r) : 2 * 30 * (r + 1), :left] for r in range(4)]
+    assert all(margin.min() < 128 for margin in margins)  # each row's label is written
 
 
 def test_training_curves_plot(tmp_path):
     history = [EpochStats(e, -200.0 + 10 * e, -210.0 + 9 * e, 0.1) for e in range(1, 6)]
     pixels = image(pvae.plots.save_training_curves(history, tmp_path / "c.png"))
     assert pixels.shape == (400, 600) and pixels.std() > 5
+
+
+def test_training_curves_have_whole_epoch_ticks_and_the_training_bound_mid_epoch(monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda figure, path: saved.append(figure))
+    history = [EpochStats(e, -200.0 + e, -201.0 + e, 0.1) for e in range(1, 4)]
+    pvae.plots.save_training_curves(history, "unused.png")
+    (axes,) = saved[0].axes
+    train, held_out = axes.get_lines()
+    assert list(train.get_xdata()) == [0.5, 1.5, 2.5] and list(held_out.get_xdata()) == [1, 2, 3]
+    saved[0].canvas.draw()
+    assert all(float(tick).is_integer() for tick in axes.get_xticks())
 
 
 def tiny_vae(z_dim=3):

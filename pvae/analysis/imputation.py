@@ -117,9 +117,13 @@ def masked_model(model, site: str = "obs"):
 
     Example::
 
+        >>> import pvae
+        >>> vae, x = pvae.build_vae(784, z_dim=2, hidden_dims=[8]), torch.rand(3, 784).round()
         >>> observed = torch.zeros_like(x, dtype=torch.bool)
         >>> observed[:, :392] = True  # the top half of 28 x 28 images
-        >>> trace = poutine.trace(masked_model(vae.model)).get_trace(x, observed)  # doctest: +SKIP
+        >>> trace = poutine.trace(masked_model(vae.model)).get_trace(x, observed)
+        >>> trace.nodes["obs"]["is_observed"]
+        True
     """
 
     def masked(x: torch.Tensor, observed: torch.Tensor, *args) -> None:

@@ -71,7 +71,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     Example::
 
         >>> images = read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-        >>> images.shape, images.dtype
+        ... # doctest: +SKIP
+        >>> images.shape, images.dtype  # doctest: +SKIP
         ((10000, 28, 28), dtype('uint8'))
     """
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
@@ -137,8 +138,8 @@ def load_fashion_mnist(data_dir: str | Path | None = None) -> ImageData:
 
     Example::
 
-        >>> data = load_fashion_mnist()
-        >>> data.train_x.shape, data.test_x.shape
+        >>> data = load_fashion_mnist()  # doctest: +SKIP
+        >>> data.train_x.shape, data.test_x.shape  # doctest: +SKIP
         (torch.Size([60000, 784]), torch.Size([10000, 784]))
     """
     directory = Path(data_dir) if data_dir is not None else default_fashion_mnist_dir()
@@ -183,7 +184,7 @@ def stratified_split(
     Example::
 
         >>> train, held_out = stratified_split(np.repeat(np.arange(3), 4), 1)
-        >>> len(train), sorted(np.repeat(np.arange(3), 4)[held_out])
+        >>> len(train), sorted(np.repeat(np.arange(3), 4)[held_out].tolist())
         (9, [0, 1, 2])
     """
     rng = np.random.default_rng(seed)
@@ -240,7 +241,7 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> Ima
     Example::
 
         >>> data = load_mnist()  # doctest: +SKIP
-        >>> data.train_x.shape[1]
+        >>> data.train_x.shape[1]  # doctest: +SKIP
         784
     """
     from torchvision.datasets import MNIST

@@ -279,6 +279,7 @@ def fit(
 
     Example::
 
+        >>> import pvae
         >>> vae = pvae.build_vae(784, z_dim=20)
         >>> result = pvae.fit(vae.model, vae.guide, train_x, num_epochs=5,
         ...                   transform=pvae.data.DynamicBinarization())  # doctest: +SKIP

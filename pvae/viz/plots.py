@@ -74,20 +74,20 @@ def save_reconstructions(
     path: str | Path,
     image_shape=(1, 28, 28),
 ) -> Path:
-    """Save originals (odd rows) above their reconstructions (even rows), 10 per row.
+    """Save originals above their reconstructions, 10 per row, each row labelled.
 
     Example::
 
         >>> save_reconstructions(x[:50], vae.reconstruct(x[:50]), "recon.png")  # doctest: +SKIP
     """
-    path = Path(path)
-    per_row = 10
-    pairs = []
-    for start in range(0, originals.shape[0], per_row):
-        pairs += [originals[start : start + per_row], reconstructions[start : start + per_row]]
-    rows = [_as_images(row, image_shape) for row in pairs]
-    _image_utils().save_image(torch.cat(rows), path, nrow=per_row, padding=_PADDING, pad_value=0.5)
-    return path
+    per_row = min(10, originals.shape[0])
+    count = originals.shape[0] // per_row * per_row  # whole rows only
+    rows = []
+    for start in range(0, count, per_row):
+        rows += [originals[start : start + per_row], reconstructions[start : start + per_row]]
+    labels = ["original", "reconstruction"] * (len(rows) // 2)
+    flat = torch.stack([row.reshape(per_row, -1) for row in rows])
+    return save_image_table(flat.float(), path, row_labels=labels, image_shape=image_shape)
 
 
 def save_image_table(
@@ -218,6 +218,7 @@ def save_traversals(
     Example::
 
         >>> order = pvae.latent.latent_activity(vae.encode, held_out).argsort(descending=True)
+        ... # doctest: +SKIP
         >>> save_traversals(vae, held_out[0], "traversal.png", dims=order[:10])  # doctest: +SKIP
     """
     values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values)
@@ -332,17 +333,23 @@ def save_training_curves(history: Sequence, path: str | Path) -> Path:
         >>> save_training_curves(result.history, "elbo.png")  # doctest: +SKIP
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows = [row if isinstance(row, dict) else vars(row) for row in history]
-    epochs = [row["epoch"] for row in rows]
+    # The training bound averages the epoch's minibatches, so it stands at the epoch's
+    # middle; the held-out ELBO is measured at its end. Plotted so, the two are comparable.
+    middles = [row["epoch"] - 0.5 for row in rows]
     figure = Figure(figsize=(6, 4), dpi=_DPI)
     axes = figure.subplots()
-    axes.plot(epochs, [row["train_bound"] for row in rows], label="train bound")
+    axes.plot(
+        middles, [row["train_bound"] for row in rows], label="train bound (mean over the epoch)"
+    )
     held_out = [
         (row["epoch"], row["held_out_elbo"]) for row in rows if row["held_out_elbo"] is not None
     ]
     if held_out:
-        axes.plot(*zip(*held_out, strict=True), label="held-out ELBO")
+        axes.plot(*zip(*held_out, strict=True), label="held-out ELBO (end of the epoch)")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("nats per datapoint")
     axes.grid(alpha=0.3)
