@@ -283,22 +283,8 @@ class ConvDecoder(nn.Module):
 
 
 def _mlp_networks(x_dim, z_dim, image_shape, sizes: dict) -> tuple[nn.Module, nn.Module]:
-    encoder = GaussianEncoder(
-        x_dim,
-        z_dim,
-        sizes["hidden_dims"],
-        sizes["activation"],
-        context_dim=sizes["context_dim"],
-        cond_dim=sizes["cond_dim"],
-    )
-    decoder = MLPDecoder(
-        z_dim,
-        x_dim,
-        sizes["hidden_dims"],
-        sizes["activation"],
-        sizes["params_per_dim"],
-        sizes["cond_dim"],
-    )
+    encoder = GaussianEncoder(x_dim, z_dim, **_encoder_sizes(sizes))
+    decoder = MLPDecoder(z_dim, x_dim, *_decoder_sizes(sizes))
     return encoder, decoder
 
 
@@ -315,25 +301,20 @@ def _conv_networks(x_dim, z_dim, image_shape, sizes: dict) -> tuple[nn.Module, n
         )
     if not sizes["channels"]:
         raise ValueError("the conv network needs at least one entry in channels, e.g. [32, 64]")
-    encoder = ConvEncoder(
-        image_shape,
-        z_dim,
-        sizes["channels"],
-        sizes["hidden_dims"],
-        sizes["activation"],
-        context_dim=sizes["context_dim"],
-        cond_dim=sizes["cond_dim"],
-    )
-    decoder = ConvDecoder(
-        z_dim,
-        image_shape,
-        sizes["channels"],
-        sizes["hidden_dims"],
-        sizes["activation"],
-        sizes["params_per_dim"],
-        sizes["cond_dim"],
-    )
+    channels = sizes["channels"]
+    encoder = ConvEncoder(image_shape, z_dim, channels, **_encoder_sizes(sizes))
+    decoder = ConvDecoder(z_dim, image_shape, channels, *_decoder_sizes(sizes))
     return encoder, decoder
+
+
+def _encoder_sizes(sizes: dict) -> dict:
+    names = ("hidden_dims", "activation", "context_dim", "cond_dim")
+    return {name: sizes[name] for name in names}
+
+
+def _decoder_sizes(sizes: dict) -> tuple:
+    names = ("hidden_dims", "activation", "params_per_dim", "cond_dim")
+    return tuple(sizes[name] for name in names)
 
 
 NETWORKS = {"mlp": _mlp_networks, "conv": _conv_networks}

@@ -12,7 +12,6 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from pyro.poutine.util import is_validation_enabled
-from torch import nn
 from torch.func import functional_call
 from torch.nn import functional
 
@@ -66,18 +65,15 @@ class AdversarialAutoencoder(VAE):
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
-        prior: nn.Module | None = None,
-        likelihood: nn.Module | None = None,
-        z_dim: int | None = None,
-        *,
+        *args,
         discriminator_dims: Sequence[int] = (256, 256),
         adversarial_weight: float = 1.0,
-        x_shape: Sequence[int] | None = None,
+        **kwargs,
     ):
-        super().__init__(encoder, decoder, prior, likelihood, z_dim, x_shape=x_shape)
-        if getattr(encoder, "context_dim", 0):
+        # The encoder, decoder, prior, likelihood, z_dim and x_shape of VAE; no guide family
+        # (the encoder is deterministic) and none of its variants.
+        super().__init__(*args, **kwargs)
+        if getattr(self.encoder, "context_dim", 0):
             raise ValueError("the adversarial autoencoder's encoder gives no flow context")
         if not adversarial_weight > 0:
             raise ValueError(f"adversarial_weight must be > 0, got {adversarial_weight}")
