@@ -192,10 +192,14 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
 
     def report(stats) -> None:
         weight = f"  KL weight {vae.kl_weight:g}" if vae.kl_weight != 1 else ""
+        terms = ""
+        if not config.adversarial:  # the held-out ELBO's split (one draw per digit)
+            reconstruction, kl = vae.elbo_terms(*held_out)
+            terms = f" = {reconstruction:.2f} - KL {kl:.2f}"
         say(
             f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
-            f"held-out {held_out_name} {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s)"
-            f"{weight}",
+            f"held-out {held_out_name} {stats.held_out_elbo:9.2f}{terms}  "
+            f"({stats.seconds:.1f} s){weight}",
             flush=True,
         )
 

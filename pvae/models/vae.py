@@ -237,6 +237,33 @@ class VAE(nn.Module):
             params = params.reshape(*batch, *target)
         return params
 
+    @torch.no_grad()
+    def elbo_terms(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000
+    ) -> tuple[float, float]:
+        """The ELBO's two terms, mean per datapoint (nats, one draw z ~ q(z|x) each): the
+        reconstruction E_q[log p(x|z)] and KL(q(z|x) || p(z)) as log q(z|x) - log p(z), so
+        that the ELBO is their difference.
+
+        Example::
+
+            >>> vae = pvae.build_vae(4, z_dim=2, hidden_dims=[8])  # doctest: +SKIP
+            >>> reconstruction, kl = vae.elbo_terms(torch.ones(3, 4))  # doctest: +SKIP
+        """
+        sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+        for start in range(0, x.shape[0], batch_size):
+            rows = (x[start : start + batch_size],)
+            rows += (y[start : start + batch_size],) if y is not None else ()
+            guide = poutine.trace(self.guide).get_trace(*rows)
+            model = poutine.trace(poutine.replay(self.model, trace=guide)).get_trace(*rows)
+            observed = model.nodes["obs"]["fn"].log_prob(model.nodes["obs"]["value"])
+            latent = model.nodes["latent"]
+            log_q = guide.nodes["latent"]["fn"].log_prob(latent["value"])
+            sums[0] += observed.sum()
+            sums[1] += (log_q - latent["fn"].log_prob(latent["value"])).sum()
+        reconstruction, kl = (sums / x.shape[0]).tolist()
+        return reconstruction, kl
+
     def check_data(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` saying what to do if ``x`` does not fit this VAE."""
         if self.x_shape is not None and x.dim() >= 2 and x[0].numel() != math.prod(self.x_shape):
