@@ -48,7 +48,8 @@ class Config(TrainConfig, Architecture):
     Evaluation and output: ``iwae_samples`` (K of the held-out IWAE bound), ``digit`` (the
     class a conditional VAE draws), ``dataset`` (with ``data_dir``) or ``data`` (a file or
     folder of one's own: see :func:`pvae.data.load_array`; ``held_out_fraction`` of it is held
-    out, images resized to ``image_size``), ``device``, ``out``.
+    out, images resized to ``image_size``), ``device``, ``out``, ``tensorboard`` (a folder
+    for TensorBoard's event files, or none).
     """
 
     num_epochs: int = 100
@@ -63,6 +64,7 @@ class Config(TrainConfig, Architecture):
     image_size: list[int] | None = None
     device: str = "auto"
     out: str = "runs/mnist_svi"
+    tensorboard: str | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> Config:

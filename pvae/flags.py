@@ -79,6 +79,7 @@ def add_setting_flags(p: argparse.ArgumentParser, data_flag: bool = True) -> Non
     setting("--precision", help="float32 (exact, default), tf32 (GPU matmuls) or bfloat16")
     setting("--seed", type=int)
     setting("--out", help="output folder (a resumed run's own unless given)")
+    setting("--tensorboard", metavar="DIR", help="also log each epoch for TensorBoard there")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:

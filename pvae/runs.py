@@ -32,6 +32,7 @@ from pvae.infer.checkpoint import load_checkpoint
 from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
 from pvae.infer.iwae import LogLikelihood, log_likelihood
+from pvae.infer.tensorboard import TensorBoardLogger
 from pvae.infer.train import FitResult, best_checkpoint_path, fit
 from pvae.models.factory import build_vae, vae_state
 from pvae.models.settings import ARCHITECTURE_KEYS, ModelConfig
@@ -190,12 +191,19 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
     if config.adversarial:  # not an ELBO model: its figures are not bounds on log p(x)
         bound_name, held_out_name = "-loss", "log p(x|f(x))"
 
+    logger = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
+
     def report(stats) -> None:
         weight = f"  KL weight {vae.kl_weight:g}" if vae.kl_weight != 1 else ""
         terms = ""
         if not config.adversarial:  # the held-out ELBO's split (one draw per digit)
             reconstruction, kl = vae.elbo_terms(*held_out)
             terms = f" = {reconstruction:.2f} - KL {kl:.2f}"
+            if logger is not None:
+                logger.writer.add_scalar("held_out/reconstruction", reconstruction, stats.epoch)
+                logger.writer.add_scalar("held_out/kl", kl, stats.epoch)
+        if logger is not None:
+            logger(stats)
         say(
             f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
             f"held-out {held_out_name} {stats.held_out_elbo:9.2f}{terms}  "
@@ -221,6 +229,8 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
         on_epoch_end=report,
         epoch_schedules=[vae.kl_warmup],
     )
+    if logger is not None:
+        logger.close()
     say(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
     return result
 

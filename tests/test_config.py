@@ -261,7 +261,7 @@ def test_the_run_config_is_the_model_and_training_settings_plus_the_runs_own():
     assert set(ARCHITECTURE_KEYS) <= keys and set(TRAIN_KEYS) <= keys
     assert keys - set(ARCHITECTURE_KEYS) - set(TRAIN_KEYS) == {
         "conditional", "iwae_samples", "digit", "dataset", "data_dir", "data",
-        "held_out_fraction", "image_size", "device", "out",
+        "held_out_fraction", "image_size", "device", "out", "tensorboard",
     }  # fmt: skip
 
 

@@ -105,3 +105,20 @@ def test_python_dash_m_pvae_and_the_version():
         [sys.executable, "-m", "pvae", "--version"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stdout.strip() == f"pvae {pvae.__version__}"
+
+
+def test_tensorboard_gets_every_epochs_figures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "x.npy", (rng.random((40, 6)) < 0.3).astype(np.float32))
+    argv = ["train", str(tmp_path / "x.npy"), "-n", "3", *TINY, "--out", str(tmp_path / "run")]
+    assert main([*argv, "--tensorboard", str(tmp_path / "tb")]) == 0
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    history = pvae.load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["history"]
+    logged = [event.value for event in events.Scalars("held_out/elbo")]
+    assert logged == pytest.approx([row["held_out_elbo"] for row in history])
+    assert {"train/bound", "held_out/reconstruction", "held_out/kl"} <= set(
+        events.Tags()["scalars"]
+    )
