@@ -33,6 +33,7 @@ from pvae.data import DATASETS
 from pvae.infer.objectives import OBJECTIVES
 from pvae.infer.precision import check_precision
 from pvae.models.guides import GUIDES
+from pvae.models.hierarchical import check_hierarchy
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import ACTIVATIONS, NETWORKS
 from pvae.models.priors import PRIORS
@@ -51,7 +52,8 @@ class Config:
     their ``*_options`` (keyword arguments of the chosen class), ``beta`` and
     ``warmup_epochs`` (beta-VAE), ``conditional`` (a VAE conditioned on the class label),
     ``adversarial`` with ``adversarial_weight`` and ``discriminator_dims`` (an adversarial
-    autoencoder, not an ELBO model).
+    autoencoder, not an ELBO model), ``hierarchy`` (latent sizes z1 first, the last equal to
+    ``z_dim``: a VAE with that many stochastic layers, see :mod:`pvae.models.hierarchical`).
     Training: ``num_epochs``, ``learning_rate``, ``batch_size``, ``objective``,
     ``num_particles``, ``clip_norm``, ``seed``, ``precision`` (``float32``, ``tf32`` or
     ``bfloat16``; see :mod:`pvae.precision`). Evaluation and output: ``iwae_samples`` (K of
@@ -76,6 +78,7 @@ class Config:
     adversarial: bool = False
     adversarial_weight: float = 1.0
     discriminator_dims: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
+    hierarchy: list[int] | None = None
     num_epochs: int = 100
     learning_rate: float = 1e-3
     batch_size: int = 128
@@ -153,6 +156,8 @@ class Config:
                 adversarial_weight=self.adversarial_weight,
                 discriminator_dims=list(self.discriminator_dims),
             )
+        if self.hierarchy is not None:  # only then a key: other model_args stay as they were
+            args["hierarchy"] = list(self.hierarchy)
         return args
 
     def _check_values(self) -> None:
@@ -197,6 +202,8 @@ class Config:
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{key} must be a positive number, got {value}")
         check_precision(self.precision)
+        if self.hierarchy is not None:
+            check_hierarchy(self.model_args(x_dim=1))
         self._check_consistency()
 
     def _check_consistency(self) -> None:

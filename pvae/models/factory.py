@@ -10,6 +10,7 @@ import torch
 
 from pvae.infer.checkpoint import load_checkpoint, package_version
 from pvae.models.guides import make_guide
+from pvae.models.hierarchical import build_hierarchical_vae
 from pvae.models.likelihoods import make_likelihood
 from pvae.models.nets import make_networks
 from pvae.models.priors import make_prior
@@ -37,6 +38,7 @@ def build_vae(
     adversarial: bool = False,
     adversarial_weight: float = 1.0,
     discriminator_dims: Sequence[int] = (256, 256),
+    hierarchy: Sequence[int] | None = None,
 ) -> VAE:
     """A VAE chosen by names and sizes; the arguments are kept (``model_args``) for checkpoints.
 
@@ -48,8 +50,10 @@ def build_vae(
     ``prior_options={"num_components": 20}``). ``beta``, ``warmup_epochs`` and
     ``num_classes`` select the variants described in :class:`VAE`; ``adversarial=True``
     builds a :class:`pvae.variants.AdversarialAutoencoder` instead (not an ELBO model), with
-    ``adversarial_weight`` and a discriminator of ``discriminator_dims``. The data stay flat
-    ``[N, x_dim]``, whatever the network.
+    ``adversarial_weight`` and a discriminator of ``discriminator_dims``. ``hierarchy``
+    (latent sizes, z1 first, the last equal to ``z_dim``) builds a
+    :class:`pvae.models.hierarchical.HierarchicalVAE` with that many stochastic layers. The
+    data stay flat ``[N, x_dim]``, whatever the network.
 
     Example::
 
@@ -57,6 +61,7 @@ def build_vae(
         >>> vae.model_args["z_dim"]
         20
         >>> conv = build_vae(784, 8, network="conv", image_shape=[1, 28, 28], prior="vamp")
+        >>> two_layers = build_vae(784, 50, [200, 200], "tanh", hierarchy=[100, 50])
     """
     model_args = dict(
         x_dim=x_dim,
@@ -83,6 +88,8 @@ def build_vae(
             discriminator_dims=list(discriminator_dims),
         )
         _check_adversarial(model_args)
+    if hierarchy is not None:  # only then a key, so that older checkpoints' model_args match
+        return build_hierarchical_vae({**model_args, "hierarchy": hierarchy})
     likelihood_module = make_likelihood(likelihood, **model_args["likelihood_options"])
     guide_module = make_guide(guide, z_dim, **model_args["guide_options"])
     encoder, decoder = make_networks(
