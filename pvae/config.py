@@ -204,6 +204,11 @@ class Config:
         check_precision(self.precision)
         if self.hierarchy is not None:
             check_hierarchy(self.model_args(x_dim=1))
+            if self.objective == "meanfield":  # Pyro only warns
+                raise ValueError(
+                    "objective 'meanfield' is not the ELBO of a hierarchical VAE: it takes "
+                    "KL(q(z1|x) || p(z1|z2)) in closed form at a z2 drawn given z1; use 'elbo'"
+                )
         self._check_consistency()
 
     def _check_consistency(self) -> None:

@@ -72,6 +72,11 @@ def test_contradictory_settings_are_refused_by_name(settings, message):
         pvae.Config.from_dict(config)
 
 
+def test_a_config_refuses_the_mean_field_elbo_which_is_not_this_guide_s():
+    with pytest.raises(ValueError, match="'meanfield' is not the ELBO of a hierarchical VAE"):
+        pvae.Config.from_dict({"hierarchy": [8, 4], "z_dim": 4, "objective": "meanfield"})
+
+
 @pytest.mark.parametrize("objective", TRAINING_OBJECTIVES)
 def test_trains_with_every_objective_and_the_bound_rises(objective, one_thread):
     x = tiny_data()

@@ -62,7 +62,9 @@ class HierarchicalVAE(VAE):
     (``prior``, ``sample``, ``decode``, ``encode``) with the layers in between at their
     conditional means, except ``reconstruct``, which goes through z1 alone: the mean of
     p(x | z1) at the mean of q(z1 | x). No variants (labels, beta): build them with
-    :class:`VAE`.
+    :class:`VAE`. Every objective but ``"meanfield"`` applies: TraceMeanField_ELBO's closed-form
+    KL(q(z1 | x) || p(z1 | z2)) at a z2 drawn given z1 is not this guide's ELBO (Pyro only
+    warns).
 
     Example::
 
