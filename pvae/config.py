@@ -123,6 +123,11 @@ class Config(TrainConfig, Architecture):
             )
         self.check_architecture(self.conditional)
         self.check()
+        if self.hierarchy is not None and self.objective == "meanfield":  # Pyro only warns
+            raise ValueError(
+                "objective 'meanfield' is not the ELBO of a hierarchical VAE: it takes "
+                "KL(q(z1|x) || p(z1|z2)) in closed form at a z2 drawn given z1; use 'elbo'"
+            )
         if not 0 < self.held_out_fraction < 1:
             raise ValueError(
                 f"held_out_fraction must lie strictly between 0 and 1, got {self.held_out_fraction}"

@@ -59,6 +59,7 @@ def add_setting_flags(p: argparse.ArgumentParser, data_flag: bool = True) -> Non
     setting("--adversarial", action=argparse.BooleanOptionalAction, help="adversarial AE")
     setting("--adversarial-weight", type=float, help="weight of the adversarial terms")
     setting("--discriminator-dims", type=int, nargs="+", help="discriminator widths")
+    setting("--hierarchy", type=int, nargs="+", help="stochastic layers' sizes, z1 first")
     setting("--objective", help=", ".join(OBJECTIVES))
     setting("-k", "--num-particles", type=int, help="K importance samples of iwae and dreg")
     setting("--iwae-samples", type=int, help="K of the final held-out IWAE bound")

@@ -11,6 +11,7 @@ import torch
 from pvae.infer.checkpoint import load_checkpoint
 from pvae.models.custom_parts import import_custom_parts
 from pvae.models.guides import make_guide
+from pvae.models.hierarchical import build_hierarchical_vae
 from pvae.models.likelihoods import make_likelihood
 from pvae.models.nets import make_networks
 from pvae.models.priors import make_prior
@@ -40,6 +41,7 @@ def build_vae(
     adversarial: bool = False,
     adversarial_weight: float = 1.0,
     discriminator_dims: Sequence[int] = (256, 256),
+    hierarchy: Sequence[int] | None = None,
 ) -> VAE:
     """A VAE chosen by names and sizes; the arguments are kept (``model_args``) for checkpoints.
 
@@ -51,8 +53,10 @@ def build_vae(
     ``prior_options={"num_components": 20}``). ``beta``, ``warmup_epochs`` and
     ``num_classes`` select the variants described in :class:`VAE`; ``adversarial=True``
     builds a :class:`pvae.variants.AdversarialAutoencoder` instead (not an ELBO model), with
-    ``adversarial_weight`` and a discriminator of ``discriminator_dims``. The data stay flat
-    ``[N, x_dim]``, whatever the network.
+    ``adversarial_weight`` and a discriminator of ``discriminator_dims``. ``hierarchy``
+    (latent sizes, z1 first, the last equal to ``z_dim``) builds a
+    :class:`pvae.models.hierarchical.HierarchicalVAE` with that many stochastic layers. The
+    data stay flat ``[N, x_dim]``, whatever the network.
 
     Example::
 
@@ -60,6 +64,7 @@ def build_vae(
         >>> vae.model_args["z_dim"]
         20
         >>> conv = build_vae(784, 8, network="conv", image_shape=[1, 28, 28], prior="vamp")
+        >>> two_layers = build_vae(784, 50, [200, 200], "tanh", hierarchy=[100, 50])
     """
     config = ModelConfig(
         x_dim=x_dim,
@@ -81,6 +86,7 @@ def build_vae(
         adversarial=adversarial,
         adversarial_weight=adversarial_weight,
         discriminator_dims=list(discriminator_dims),
+        hierarchy=list(hierarchy) if hierarchy is not None else None,
     ).check()
     vae = _build(config)
     vae.model_args = config.to_dict()
@@ -88,6 +94,8 @@ def build_vae(
 
 
 def _build(config: ModelConfig) -> VAE:
+    if config.hierarchy is not None:
+        return build_hierarchical_vae(config.to_dict())
     likelihood = make_likelihood(config.likelihood, config.x_dim, **config.likelihood_options)
     guide = make_guide(config.guide, config.z_dim, **config.guide_options)
     encoder, decoder = make_networks(

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pvae.models.guides import GUIDES
+from pvae.models.hierarchical import check_hierarchy
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import ACTIVATIONS, NETWORKS
 from pvae.models.priors import PRIORS
@@ -38,7 +39,9 @@ class Architecture:
     (``mlp``/``conv``), ``channels`` (conv), ``prior``, ``likelihood``, ``guide`` (names)
     with their ``*_options`` (keyword arguments of the chosen class), ``beta`` and
     ``warmup_epochs`` (beta-VAE), ``adversarial`` with ``adversarial_weight`` and
-    ``discriminator_dims`` (an adversarial autoencoder, not an ELBO model).
+    ``discriminator_dims`` (an adversarial autoencoder, not an ELBO model), ``hierarchy``
+    (latent sizes z1 first, the last equal to ``z_dim``: a VAE with that many stochastic
+    layers, see :mod:`pvae.models.hierarchical`).
     """
 
     z_dim: int = 20
@@ -57,6 +60,7 @@ class Architecture:
     adversarial: bool = False
     adversarial_weight: float = 1.0
     discriminator_dims: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
+    hierarchy: list[int] | None = None
 
     def check_architecture(self, conditional: bool) -> None:
         """Raise a one-line ``ValueError`` naming the setting that is wrong."""
@@ -87,6 +91,8 @@ class Architecture:
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{key} must be a positive number, got {value}")
         self._check_variants(conditional)
+        if self.hierarchy is not None:
+            check_hierarchy({**dataclasses.asdict(self), "num_classes": int(conditional)})
 
     def _check_variants(self, conditional: bool) -> None:
         """Variants that are fine alone but contradict each other."""
