@@ -80,7 +80,8 @@ def test_gathered_evaluation_equals_the_single_process_one_on_the_same_weights(r
 def test_only_rank_zero_writes_files(runs):
     _, _, root = runs
     written = sorted(p.name for p in (root / "two").iterdir())
-    assert written == ["checkpoint.pt", "dreg.pt", "history.csv", "rank0.pt", "rank1.pt"]
+    expected = ["best.pt", "checkpoint.pt", "dreg.pt", "history.csv", "rank0.pt", "rank1.pt"]
+    assert written == expected  # best.pt: the best held-out epoch, by rank 0 too
     state = torch.load(root / "two" / "checkpoint.pt", weights_only=True)
     assert len(state["rng"]) == 2  # each rank's generators, for an exact resume
 
