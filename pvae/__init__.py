@@ -20,6 +20,7 @@ from pvae.analysis import anomaly, imputation, latent
 from pvae.config import Config, load_config, save_config
 from pvae.errors import ModelError, TrainingDiverged, TrainingInterrupted
 from pvae.infer import batches, objectives, precision
+from pvae.infer.ais import AnnealedLogLikelihood, BidirectionalBounds, ais, bdmc
 from pvae.infer.checkpoint import load_checkpoint, package_version, save_checkpoint
 from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
@@ -43,7 +44,11 @@ for _module in (
 del _module
 
 __all__ = [
+    "ais",
+    "AnnealedLogLikelihood",
     "anomaly",
+    "bdmc",
+    "BidirectionalBounds",
     "batches",
     "imputation",
     "latent",

@@ -2,6 +2,8 @@
 
 pvae train DATA [--likelihood L] [-n EPOCHS] [--patience P] [--out DIR]   # your own data
 pvae evaluate CHECKPOINT [-k K] [--data DATA]   # held-out IWAE_K bound with k-hat check
+pvae evaluate CHECKPOINT --method ais --ais-steps T --chains C   # AIS estimate of log p(x)
+pvae evaluate CHECKPOINT --method bdmc --ais-steps T --chains C  # BDMC gap on simulated data
 pvae sample CHECKPOINT --num-samples N --out FILE.npz [--label L]   # synthetic data
 
 Flags mean one thing in every command: ``-n`` epochs, ``-k`` importance samples K.
@@ -22,6 +24,7 @@ import torch
 
 from pvae.data import held_out_data, load_dataset, load_user_data
 from pvae.flags import add_setting_flags, given_settings
+from pvae.infer.ais import ais, bdmc
 from pvae.infer.checkpoint import load_checkpoint, package_version
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import disconnect
@@ -55,6 +58,10 @@ def evaluate(args: argparse.Namespace) -> None:
     )
     vae.eval()
     started = time.perf_counter()
+    if args.method != "iwae":
+        summary = _evaluate_annealed(args, vae, tuple(t.to(device) for t in held_out))
+        print(f"{summary} [{time.perf_counter() - started:.0f} s]")
+        return
     result = log_likelihood(
         vae.model,
         vae.guide,
@@ -68,6 +75,15 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"{result.summary()} [{time.perf_counter() - started:.0f} s]")
     if args.khat_plot:
         print(f"wrote {plot_khat(result, args.khat_plot)}")
+
+
+def _evaluate_annealed(args: argparse.Namespace, vae, held_out) -> str:
+    """AIS on the held-out data, or BDMC on as many datapoints simulated from the model."""
+    options = dict(num_steps=args.ais_steps, num_chains=args.chains, data_chunk=args.data_chunk)
+    options.update(seed=args.seed, progress=None if args.progress else False)
+    if args.method == "ais":
+        return ais(vae.model, vae.guide, held_out, **options).summary()
+    return bdmc(vae.model, vae.guide, held_out, **options).summary()
 
 
 def _evaluation_data(args, vae, state) -> tuple[tuple, str]:
@@ -180,6 +196,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pvae {package_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = p.add_subparsers(dest="command", required=True)
+    _train_command(commands)
+    _evaluate_command(commands)
+    _sample_command(commands)
+    return p
+
+
+def _train_command(commands) -> None:
     t = commands.add_parser(
         "train",
         help="train a VAE on a file or folder of your own data",
@@ -194,16 +217,26 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("data", nargs="?", default=None, help="file or folder of training data")
     t.add_argument("--config", default=None, help="YAML file of settings; flags override it")
     add_setting_flags(t, data_flag=False)
-    t.add_argument(
-        "--resume", default=None, help="continue from this checkpoint, with its settings"
-    )
+    t.add_argument("--resume", default=None, help="continue from this checkpoint, its settings")
     t.set_defaults(run=train)
-    e = commands.add_parser("evaluate", help="held-out IWAE bound of a checkpoint")
+
+
+def _evaluate_command(commands) -> None:
+    e = commands.add_parser(
+        "evaluate",
+        help="held-out IWAE bound, AIS estimate or BDMC gap of a checkpoint",
+        description="iwae: the IWAE_K bound with PSIS k-hat; ais: annealed importance sampling "
+        "with HMC (--ais-steps, --chains), closer to log p(x); bdmc: lower and upper bounds on "
+        "data simulated from the model, whose gap says how many AIS steps it needs.",
+    )
     e.add_argument("checkpoint")
+    e.add_argument("--method", choices=["iwae", "ais", "bdmc"], default="iwae")
     e.add_argument(
         "-k", "--iwae-samples", "--num-samples", dest="num_samples", type=int, default=5000,
-        help="K importance samples (default 5000)",
+        help="K importance samples of iwae (default 5000)",
     )  # fmt: skip
+    e.add_argument("--ais-steps", type=int, default=1000, help="annealing steps (default 1000)")
+    e.add_argument("--chains", type=int, default=16, help="AIS chains per datapoint (16)")
     e.add_argument("--data", default=None, help="score these rows (a file or folder) instead")
     e.add_argument("--dataset", default=None, help="default: the checkpoint's")
     e.add_argument("--data-dir", default=None)
@@ -215,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--khat-plot", default=None, help="write a PNG of k-hat per datapoint")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     e.set_defaults(run=evaluate)
+
+
+def _sample_command(commands) -> None:
     s = commands.add_parser(
         "sample",
         help="synthetic data: N samples of a checkpoint's VAE as .npz and a PNG grid",
@@ -232,7 +268,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=sample)
-    return p
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

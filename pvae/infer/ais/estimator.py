@@ -1,0 +1,406 @@
+"""Annealed importance sampling of log p(x) per datapoint, with HMC transitions.
+
+For each datapoint x, AIS (Neal, "Annealed importance sampling", Statistics and Computing
+2001) moves chains through targets γ_0 = π_0, γ_1, ..., γ_T ∝ p(z | x) (see
+:mod:`pvae.infer.ais.potential`), each by one HMC transition, accumulating in float64
+
+    log w = Σ_t log γ_t(z_{t-1}) - log γ_{t-1}(z_{t-1}),
+
+whose exponential is an unbiased estimate of p(x): log mean_k w_k is a stochastic lower bound
+that tends to log p(x) as T grows (Wu, Burda, Salakhutdinov & Grosse, "On the quantitative
+analysis of decoder-based generative models", ICLR 2017). :func:`ais` is the entry point.
+
+Step sizes and unbiasedness: AIS stays unbiased for any sequence of γ_t-invariant kernels
+fixed in advance, but not for kernels tuned on the chains being weighted (a step size set from
+a chain's own acceptances depends on its state). So each data chunk first runs a few
+*adaptation chains* through the same targets, whose step sizes follow their acceptance
+probability of the previous step toward the target rate, as in Wu et al.; the estimating
+chains then replay that schedule of step sizes. Given the adaptation chains, which are
+independent of them, the estimating chains run AIS with a fixed sequence of kernels, and
+exp(log w) is unbiased exactly. The adaptation chains cost ``adaptation_chains / num_chains``
+more; their weights are not used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from tqdm.auto import tqdm
+
+from pvae.infer.ais.hmc import AdaptiveStepSize, ChainState, StepSizeSchedule, hmc_transition
+from pvae.infer.ais.latents import LatentLayout
+from pvae.infer.ais.potential import Potential
+from pvae.infer.ais.schedule import annealing_schedule
+from pvae.infer.checks import check_model_data
+from pvae.infer.device import resolve_device
+from pvae.infer.distributed import connect
+from pvae.infer.iwae import _full_value, _rows
+from pvae.infer.log_weights import sample_sites
+from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model, trace_pair
+
+INITS = ("guide", "prior")
+# Chains x datapoints per model call by default: a few hundred MB for an MNIST-sized decoder.
+_ROWS_PER_CALL = {"cpu": 4096, "cuda": 65536}
+_MAX_CHAIN_CHUNK = 64
+
+
+@dataclass(frozen=True, eq=False)
+class AnnealedLogLikelihood:
+    """Per-datapoint AIS estimates of log p(x) (nats) and the chains' diagnostics.
+
+    ``per_datapoint`` [N] is log mean_k w_k over the chains, ``log_weights`` [N, chains] the
+    chains' log-weights, ``acceptance`` [N] the estimating chains' mean acceptance
+    probability, ``step_size`` [N] the step size of the last transition; all float64, CPU.
+
+    Example::
+
+        >>> result = ais(vae.model, vae.guide, test_x[:100], num_steps=1000)  # doctest: +SKIP
+        >>> print(result.summary())  # doctest: +SKIP
+        AIS 1000 steps, 16 chains from the guide: -86.02 ± 0.41 nats (0.1583 bits/dim); ...
+    """
+
+    per_datapoint: torch.Tensor
+    log_weights: torch.Tensor
+    acceptance: torch.Tensor
+    step_size: torch.Tensor
+    num_steps: int
+    init: str
+    data_dim: int
+
+    @property
+    def num_chains(self) -> int:
+        return self.log_weights.shape[1]
+
+    @property
+    def mean(self) -> float:
+        return self.per_datapoint.mean().item()
+
+    @property
+    def standard_error(self) -> float:
+        """Standard deviation over datapoints / sqrt(N): the error of ``mean`` as an average."""
+        n = self.per_datapoint.numel()
+        return self.per_datapoint.std().item() / math.sqrt(n) if n > 1 else math.nan
+
+    @property
+    def bits_per_dim(self) -> float:
+        return -self.mean / (self.data_dim * math.log(2))
+
+    @property
+    def ess(self) -> torch.Tensor:
+        """(Σ w)² / Σ w² over each datapoint's chains: the chain count for equal weights."""
+        return torch.exp(
+            2 * torch.logsumexp(self.log_weights, 1) - torch.logsumexp(2 * self.log_weights, 1)
+        )
+
+    def summary(self) -> str:
+        """One line: the estimate, its standard error, bits/dim, chain ESS and acceptance."""
+        return (
+            f"AIS {self.num_steps} steps, {self.num_chains} chains from the {self.init}: "
+            f"{self.mean:.2f} ± {self.standard_error:.2f} nats ({self.bits_per_dim:.4f} "
+            f"bits/dim); chain ESS {self.ess.median().item():.1f} of {self.num_chains} "
+            f"(median), acceptance {self.acceptance.mean().item():.2f}"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How :func:`ais` anneals, checked; ``betas`` holds the schedule."""
+
+    betas: torch.Tensor
+    num_chains: int
+    init: str
+    leapfrog_steps: int
+    step_size: float
+    target_acceptance: float
+    adaptation_chains: int
+    chain_chunk: int
+    seed: int
+
+    @property
+    def num_steps(self) -> int:
+        return self.betas.numel() - 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model and guide as AIS sees them: plate nesting, the latents HMC moves, supports."""
+
+    model: object
+    guide: object
+    nesting: int
+    supports: dict
+    enumerate: bool
+
+
+def ais(
+    model,
+    guide,
+    data,
+    num_steps: int = 1000,
+    num_chains: int = 16,
+    *,
+    schedule: str = "sigmoid",
+    init: str = "guide",
+    leapfrog_steps: int = 10,
+    step_size: float = 0.05,
+    target_acceptance: float = 0.65,
+    adaptation_chains: int = 2,
+    chain_chunk: int | None = None,
+    data_chunk: int | None = None,
+    seed: int | None = None,
+    distributed: bool | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> AnnealedLogLikelihood:
+    """AIS estimate of log p(x) for every datapoint, with HMC transitions (Wu et al., 2017).
+
+    Takes any model/guide pair :func:`pvae.log_likelihood` accepts (``data`` a tensor or a
+    tuple of tensors passed as ``model(*batch)``; every site in ``pyro.plate("data", ...)``;
+    enumerated discrete model latents summed out exactly), with continuous latents: HMC moves
+    them in their unconstrained space (``biject_to`` of the model's supports). ``num_steps``
+    annealing steps (``schedule`` ``"sigmoid"`` or ``"linear"``) from the guide q(z|x)
+    (``init="guide"``) or the prior (``init="prior"``) to the posterior, each with one HMC
+    transition of ``leapfrog_steps`` leapfrog steps, for ``num_chains`` chains per datapoint.
+    Step sizes start at ``step_size`` and are adapted per datapoint toward
+    ``target_acceptance`` on ``adaptation_chains`` separate chains, so that the estimate
+    stays unbiased (module docstring; ``adaptation_chains=0`` keeps ``step_size`` fixed).
+
+    Work is done ``data_chunk`` datapoints x ``chain_chunk`` chains at a time (memory is set by
+    the chunk); a given ``seed`` gives the same numbers for the same chunk sizes, and leaves
+    the global generator untouched (``None``: drawn from it). Data, devices and processes as
+    :func:`pvae.log_likelihood`: checked first; ``device`` where model and guide run, data
+    copied there a chunk at a time; under torchrun each process scores its share of the data
+    chunks and all get the whole result. ``progress`` shows a progress bar.
+
+    Example::
+
+        >>> result = ais(vae.model, vae.guide, test_x[:100], seed=0)  # doctest: +SKIP
+        >>> result.mean, result.acceptance.mean()  # doctest: +SKIP
+        (-85.91, tensor(0.66, dtype=torch.float64))
+    """
+    tensors = _data_tensors(data)
+    device = tensors[0].device if device is None else resolve_device(device)
+    cluster = connect(device, distributed)
+    settings = make_settings(
+        num_steps, num_chains, schedule, init, leapfrog_steps, step_size, target_acceptance,
+        adaptation_chains, chain_chunk, cluster.broadcast_int(_draw_seed(seed), device),
+    )  # fmt: skip
+    data_chunk = _data_chunk(data_chunk, settings, device)
+    num_data = tensors[0].shape[0]
+    # Each process takes whole data chunks, so that every chunk gets the draws of one process.
+    start, end = cluster.rows(num_data, multiple=data_chunk)
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.no_grad(),
+        pyro.validation_enabled(False),
+    ):
+        check_model_data(model, guide, tensors, device)
+        problem = inspect_latents(model, guide, _rows(tensors, 0, 2, device))
+        shard = _score_rows(problem, settings, tensors, start, end, data_chunk, device, progress)
+    shards = cluster.gather_objects(shard)
+    log_w, acceptance, step = (torch.cat([part[i] for part in shards]) for i in range(3))
+    return AnnealedLogLikelihood(
+        per_datapoint=torch.logsumexp(log_w, 1) - math.log(num_chains),
+        log_weights=log_w,
+        acceptance=acceptance,
+        step_size=step,
+        num_steps=num_steps,
+        init=init,
+        data_dim=tensors[0][0].numel(),
+    )
+
+
+def _score_rows(problem, settings, tensors, start, end, data_chunk, device, progress):
+    """Log-weights [n, chains], acceptance [n] and last step sizes [n] of rows start:end."""
+    chunks = range(start, end, data_chunk)
+    groups = -(-settings.num_chains // settings.chain_chunk) + bool(settings.adaptation_chains)
+    bar = tqdm(
+        total=len(chunks) * groups * settings.num_steps, disable=not progress, desc="AIS",
+        unit="step", leave=False,
+    )  # fmt: skip
+    parts = []
+    with bar:
+        for n0 in chunks:
+            batch = _rows(tensors, n0, min(n0 + data_chunk, end), device)
+            parts.append(score_chunk(problem, settings, batch, n0, bar.update))
+    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+
+def score_chunk(problem, settings, batch, chunk_id, tick=None, reverse_from=None):
+    """AIS on one data chunk: log-weights [n, chains], acceptance [n], last step sizes [n] (CPU
+    float64), and the step-size schedule [transitions, n] the chains ran.
+
+    ``reverse_from`` (latent values with chains' axis of size 1, and a schedule) runs the
+    path backwards from them instead, for :func:`pvae.infer.ais.bdmc.bdmc`.
+    """
+    betas = settings.betas
+    if reverse_from is None:
+        sizes = _adapted_step_sizes(problem, settings, batch, chunk_id, tick)
+    else:
+        values, sizes = reverse_from
+        betas, sizes = betas.flip(0), sizes.flip(0)
+    log_w, acceptance = [], 0.0
+    for g0 in range(0, settings.num_chains, settings.chain_chunk):
+        chains = min(settings.chain_chunk, settings.num_chains - g0)
+        _seed(settings.seed, chunk_id, g0, reverse_from is not None)
+        given = None if reverse_from is None else values
+        state, potential = start_chains(problem, batch, chains, settings.init, given)
+        group_w, group_acceptance = anneal(
+            potential, state, betas, StepSizeSchedule(sizes), settings.leapfrog_steps, tick
+        )
+        log_w.append(group_w.T.cpu())
+        acceptance = acceptance + group_acceptance.cpu() * chains
+    last = sizes[-1] if sizes.shape[0] else torch.full((batch[0].shape[0],), settings.step_size)
+    return torch.cat(log_w, 1), acceptance / settings.num_chains, last.double().cpu(), sizes
+
+
+def _adapted_step_sizes(problem, settings, batch, chunk_id, tick) -> torch.Tensor:
+    """The step sizes [transitions, n] the adaptation chains arrive at, step by step."""
+    num_data = batch[0].shape[0]
+    initial = torch.full(
+        (num_data,), settings.step_size, dtype=torch.float64, device=batch[0].device
+    )
+    if not settings.adaptation_chains:
+        return initial.expand(settings.num_steps - 1, num_data)
+    _seed(settings.seed, chunk_id, -1, False)
+    state, potential = start_chains(problem, batch, settings.adaptation_chains, settings.init)
+    adaptive = AdaptiveStepSize(initial, settings.target_acceptance)
+    anneal(potential, state, settings.betas, adaptive, settings.leapfrog_steps, tick)
+    return adaptive.schedule()
+
+
+def anneal(potential, state: ChainState, betas, step_sizes, leapfrog_steps, tick=None):
+    """Run chains from ``state`` along ``betas``: log-weights [chains, n] in float64 and the
+    mean acceptance probability [n] of their transitions (NaN with none)."""
+    log_w = torch.zeros(state.ends.end.shape, dtype=torch.float64, device=state.u.device)
+    accepted = torch.zeros(log_w.shape[1], dtype=torch.float64, device=log_w.device)
+    num_steps = betas.numel() - 1
+    for t in range(1, num_steps + 1):
+        increment = (state.ends.end - state.ends.start).double()
+        log_w += (betas[t] - betas[t - 1]).item() * increment
+        # The last transition would only move chains whose weights are already complete.
+        if t < num_steps:
+            size = step_sizes.current(t - 1)
+            beta = betas[t].item()
+            state, acceptance = hmc_transition(potential, state, beta, size, leapfrog_steps)
+            step_sizes.update(acceptance)
+            accepted += acceptance.double().mean(0)
+        if tick is not None:
+            tick(1)
+    return log_w, accepted / (num_steps - 1) if num_steps > 1 else accepted * math.nan
+
+
+def start_chains(problem: Problem, batch, num_chains: int, init: str, given=None):
+    """Chains' first state and their potential on ``batch``: latents drawn from the guide
+    (or the prior: the model run forward), or the ``given`` values broadcast to the chains."""
+    nesting, num_data = problem.nesting, batch[0].shape[0]
+    with pyro.plate(PARTICLE_PLATE, num_chains, dim=-(nesting + 1)):
+        guide_trace = poutine.trace(problem.guide).get_trace(*batch)
+        source = guide_trace
+        if init == "prior" and given is None:
+            source = poutine.trace(problem.model).get_trace(*batch)
+    values, axes = {}, {}
+    for name in problem.supports:
+        site = source.nodes[name]
+        values[name], axes[name] = _full_value(site, nesting, num_chains, num_data)
+        if given is not None:
+            values[name] = given[name].expand(values[name].shape)
+    layout = LatentLayout(values, axes, problem.supports, nesting)
+    potential = Potential(
+        problem.model, problem.guide, batch, layout, nesting, init, guide_trace, problem.enumerate
+    )
+    u = layout.flatten(values)
+    return ChainState(u, potential(u)), potential
+
+
+def inspect_latents(model, guide, rows) -> Problem:
+    """The model's continuous latents that HMC moves and their supports, or a clear error."""
+    nesting = inspect_model(model, guide, *rows)
+    guide_trace, model_trace = trace_pair(model, guide, *rows)
+    supports, enumerates = {}, False
+    for name, site in sample_sites(model_trace):
+        if site["is_observed"]:
+            continue
+        if enumerated(site):
+            enumerates = True
+            continue
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"model latent {name!r} is discrete: AIS moves latents by HMC, which needs "
+                "continuous ones. Sum it out exactly with "
+                f"pyro.sample({name!r}, ..., infer={{'enumerate': 'parallel'}}) in the model"
+            )
+        supports[name] = site["fn"].support
+    for name, site in sample_sites(guide_trace):
+        if enumerated(site):
+            raise ValueError(
+                f"the guide enumerates {name!r}: AIS draws every guide latent; enumerate it "
+                "in the model instead (summed out of the targets exactly)"
+            )
+        if name not in supports and not site["is_observed"]:
+            raise ValueError(
+                f"guide site {name!r} is not a continuous latent of the model: AIS anneals "
+                "q(z|x) into p(z|x) over the model's latents, so the guide may draw only those"
+            )
+    return Problem(model, guide, nesting, supports, enumerates)
+
+
+def _seed(*key) -> None:
+    """Seed torch's generator from a key, e.g. (seed, data chunk, chain group, direction)."""
+    entropy = [int(k) % 2**63 for k in key]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+    torch.manual_seed(int(state) >> 1)
+
+
+def make_settings(
+    num_steps, num_chains, schedule, init, leapfrog_steps, step_size, target_acceptance,
+    adaptation_chains, chain_chunk, seed,
+) -> Settings:  # fmt: skip
+    """Check :func:`ais`'s settings; one clear ``ValueError`` for a bad one."""
+    for name, value in (("num_chains", num_chains), ("leapfrog_steps", leapfrog_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}: use 'guide' (q(z|x)) or 'prior' (p(z))")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size!r}")
+    if not 0 < target_acceptance < 1:
+        raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance!r}")
+    if not isinstance(adaptation_chains, int) or adaptation_chains < 0:
+        raise ValueError(f"adaptation_chains must be an integer >= 0, got {adaptation_chains!r}")
+    if chain_chunk is not None and (not isinstance(chain_chunk, int) or chain_chunk < 1):
+        raise ValueError(f"chain_chunk must be a positive integer or None, got {chain_chunk!r}")
+    return Settings(
+        annealing_schedule(num_steps, schedule), num_chains, init, leapfrog_steps, step_size,
+        target_acceptance, adaptation_chains, chain_chunk or min(num_chains, _MAX_CHAIN_CHUNK),
+        seed,
+    )  # fmt: skip
+
+
+def _data_tensors(data) -> tuple[torch.Tensor, ...]:
+    tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise ValueError("data must be a tensor or a tuple of tensors of datapoints")
+    if tensors[0].dim() == 0 or tensors[0].shape[0] == 0:
+        raise ValueError("data is empty: pass a tensor (or tuple of tensors) of datapoints")
+    if any(t.dim() == 0 or t.shape[0] != tensors[0].shape[0] for t in tensors):
+        raise ValueError("all tensors in data must have the same first (datapoint) dimension")
+    return tensors
+
+
+def _draw_seed(seed) -> int:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(torch.randint(2**62, (), device="cpu")) if seed is None else seed
+
+
+def _data_chunk(data_chunk, settings: Settings, device) -> int:
+    if data_chunk is not None and (not isinstance(data_chunk, int) or data_chunk < 1):
+        raise ValueError(f"data_chunk must be a positive integer or None, got {data_chunk!r}")
+    rows = _ROWS_PER_CALL["cuda" if device.type == "cuda" else "cpu"]
+    return data_chunk or max(1, rows // settings.chain_chunk)
