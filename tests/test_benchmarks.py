@@ -9,10 +9,27 @@ from test_data import make_idx_dir
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = {
-    "ais.py": (
-        "--num-data 6 --chains 3 --steps 4 --leapfrog 2 --repeats 1 --hidden 16 "
-        "--data-chunk 3 --chain-chunk 2 --memory-chains 2 4"
-    ).split(),
+    "ais.py": [
+        "--num-data",
+        "6",
+        "--chains",
+        "3",
+        "--steps",
+        "4",
+        "--leapfrog",
+        "2",
+        "--repeats",
+        "1",
+        "--hidden",
+        "16",
+        "--data-chunk",
+        "3",
+        "--chain-chunk",
+        "2",
+        "--memory-chains",
+        "2",
+        "4",
+    ],
     "train_speed.py": [
         "--num-data",
         "512",
