@@ -29,16 +29,17 @@ from tqdm.auto import tqdm
 from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import connect
+from pvae.infer.estimates import PerDatapointEstimate
 from pvae.infer.log_weights import (
-    data_frame,
     enumerating,
+    full_value,
     model_log_joint,
     per_datapoint_log_prob,
     sample_sites,
 )
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model
 from pvae.infer.progress import progress_enabled
-from pvae.infer.sources import as_tensors
+from pvae.infer.sources import as_tensors, rows_on
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
 # guide call under its own seed, so that the numbers do not depend on the chunk sizes.
@@ -53,7 +54,7 @@ _PSIS_MIN_SAMPLES = 21
 
 
 @dataclass(frozen=True, eq=False)
-class LogLikelihood:
+class LogLikelihood(PerDatapointEstimate):
     """Per-datapoint IWAE estimates of log p(x) (nats) and their diagnostics.
 
     ``per_datapoint``, ``elbo_per_datapoint``, ``pareto_k`` and ``ess`` are float64 CPU
@@ -76,22 +77,8 @@ class LogLikelihood:
     khat_note: str = ""
 
     @property
-    def mean(self) -> float:
-        return self.per_datapoint.mean().item()
-
-    @property
-    def standard_error(self) -> float:
-        """Standard deviation over datapoints / sqrt(N): the error of ``mean`` as an average."""
-        n = self.per_datapoint.numel()
-        return self.per_datapoint.std().item() / math.sqrt(n) if n > 1 else math.nan
-
-    @property
     def elbo(self) -> float:
         return self.elbo_per_datapoint.mean().item()
-
-    @property
-    def bits_per_dim(self) -> float:
-        return -self.mean / (self.data_dim * math.log(2))
 
     @property
     def khat_threshold(self) -> float:
@@ -196,7 +183,7 @@ def log_likelihood(
     ):
         # Inside fork_rng: a given seed leaves the global generator alone.
         check_model_data(model, guide, tensors, device)
-        nesting = inspect_model(model, guide, *_rows(tensors, 0, 2, device))
+        nesting = inspect_model(model, guide, *rows_on(tensors, 0, 2, device))
         shard = _score_rows(
             model,
             guide,
@@ -267,7 +254,7 @@ def _score_rows(
     draws = _GuideDraws(guide, tensors, num_samples, nesting, seed, device, first_block)
     for n0 in range(0, num_data, data_chunk):
         n1 = min(n0 + data_chunk, num_data)
-        batch = _rows(tensors, n0, n1, device)
+        batch = rows_on(tensors, n0, n1, device)
         stats = _LogWeightStats(n1 - n0, device)
         keep = _PSIS_MIN_SAMPLES <= num_samples <= max_log_weights // (n1 - n0)
         kept = []
@@ -374,7 +361,7 @@ class _GuideDraws:
         key = np.random.SeedSequence(block).generate_state(1, np.uint64)[0]
         torch.manual_seed(int(key) >> 1)  # 63 bits: a seed every device accepts
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(self.nesting + 1)):
-            trace = poutine.trace(self.guide).get_trace(*_rows(self.tensors, n0, n1, self.device))
+            trace = poutine.trace(self.guide).get_trace(*rows_on(self.tensors, n0, n1, self.device))
         log_q = torch.zeros(num_particles, n1 - n0, dtype=torch.float64, device=self.device)
         values, axes = {}, {}
         for name, site in sample_sites(trace):
@@ -385,24 +372,8 @@ class _GuideDraws:
                 )
             log_q += per_datapoint_log_prob(site, self.nesting, num_particles, n1 - n0).double()
             if not site["is_observed"]:
-                values[name], axes[name] = _full_value(site, self.nesting, num_particles, n1 - n0)
+                values[name], axes[name] = full_value(site, self.nesting, num_particles, n1 - n0)
         return values, axes, log_q
-
-
-def _rows(tensors, start: int, end: int, device) -> tuple[torch.Tensor, ...]:
-    """Rows start:end of every tensor, on ``device`` (a no-op for data already there)."""
-    return tuple(t[start:end].to(device) for t in tensors)
-
-
-def _full_value(site, nesting: int, num_particles: int, num_data: int):
-    """A latent value padded to all batch dimensions; returns it and its data axis."""
-    frame = data_frame(site)
-    value, event_dim = site["value"], site["fn"].event_dim
-    value = value.reshape((1,) * (nesting + 1 + event_dim - value.dim()) + value.shape)
-    data_axis = nesting + 1 + frame.dim
-    shape = list(value.shape)
-    shape[0], shape[data_axis] = num_particles, num_data
-    return value.expand(shape), data_axis
 
 
 def _model_log_prob(model, batch, values, num_particles: int, nesting: int) -> torch.Tensor:

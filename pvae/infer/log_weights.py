@@ -335,3 +335,14 @@ def plain_density(fn) -> bool:
     while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
     return isinstance(fn, _PLAIN)
+
+
+def full_value(site, nesting: int, num_particles: int, num_data: int):
+    """A latent value padded to all batch dimensions; returns it and its data axis."""
+    frame = data_frame(site)
+    value, event_dim = site["value"], site["fn"].event_dim
+    value = value.reshape((1,) * (nesting + 1 + event_dim - value.dim()) + value.shape)
+    data_axis = nesting + 1 + frame.dim
+    shape = list(value.shape)
+    shape[0], shape[data_axis] = num_particles, num_data
+    return value.expand(shape), data_axis

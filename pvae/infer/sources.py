@@ -124,3 +124,8 @@ class LoaderBatches:
     def epoch(self):
         for batch in self.loader:
             yield _collated(batch, "data")
+
+
+def rows_on(tensors, start: int, end: int, device) -> tuple[torch.Tensor, ...]:
+    """Rows start:end of every tensor, on ``device`` (a no-op for data already there)."""
+    return tuple(t[start:end].to(device) for t in tensors)

@@ -33,8 +33,8 @@ from pvae.infer.ais.estimator import (
 )
 from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
-from pvae.infer.iwae import _full_value, _rows
-from pvae.infer.log_weights import sample_sites
+from pvae.infer.log_weights import full_value, sample_sites
+from pvae.infer.sources import rows_on
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +127,7 @@ def bdmc(
         pyro.validation_enabled(False),
     ):
         check_model_data(model, guide, tensors, device)
-        problem = inspect_latents(model, guide, _rows(tensors, 0, 2, device))
+        problem = inspect_latents(model, guide, rows_on(tensors, 0, 2, device))
         template = tuple(t[rows].to(device) for t in tensors)
         _seed(settings.seed, -2, 0, 0)
         simulated, latents = _simulate(problem, template)
@@ -184,7 +184,7 @@ def _simulate(problem, template):
     simulated = (trace.nodes[name]["value"].reshape(x.shape).to(x.dtype),) + template[1:]
     num_data = x.shape[0]
     latents = {
-        name: _full_value(trace.nodes[name], problem.nesting, 1, num_data)
+        name: full_value(trace.nodes[name], problem.nesting, 1, num_data)
         for name in problem.supports
     }
     return simulated, latents

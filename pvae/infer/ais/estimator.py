@@ -39,9 +39,10 @@ from pvae.infer.ais.schedule import annealing_schedule
 from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import connect
-from pvae.infer.iwae import _full_value, _rows
-from pvae.infer.log_weights import sample_sites
+from pvae.infer.estimates import PerDatapointEstimate
+from pvae.infer.log_weights import full_value, sample_sites
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model, trace_pair
+from pvae.infer.sources import rows_on
 
 INITS = ("guide", "prior")
 # Chains x datapoints per model call by default: a few hundred MB for an MNIST-sized decoder.
@@ -50,7 +51,7 @@ _MAX_CHAIN_CHUNK = 64
 
 
 @dataclass(frozen=True, eq=False)
-class AnnealedLogLikelihood:
+class AnnealedLogLikelihood(PerDatapointEstimate):
     """Per-datapoint AIS estimates of log p(x) (nats) and the chains' diagnostics.
 
     ``per_datapoint`` [N] is log mean_k w_k over the chains, ``log_weights`` [N, chains] the
@@ -75,20 +76,6 @@ class AnnealedLogLikelihood:
     @property
     def num_chains(self) -> int:
         return self.log_weights.shape[1]
-
-    @property
-    def mean(self) -> float:
-        return self.per_datapoint.mean().item()
-
-    @property
-    def standard_error(self) -> float:
-        """Standard deviation over datapoints / sqrt(N): the error of ``mean`` as an average."""
-        n = self.per_datapoint.numel()
-        return self.per_datapoint.std().item() / math.sqrt(n) if n > 1 else math.nan
-
-    @property
-    def bits_per_dim(self) -> float:
-        return -self.mean / (self.data_dim * math.log(2))
 
     @property
     def ess(self) -> torch.Tensor:
@@ -200,7 +187,7 @@ def ais(
         pyro.validation_enabled(False),
     ):
         check_model_data(model, guide, tensors, device)
-        problem = inspect_latents(model, guide, _rows(tensors, 0, 2, device))
+        problem = inspect_latents(model, guide, rows_on(tensors, 0, 2, device))
         shard = _score_rows(problem, settings, tensors, start, end, data_chunk, device, progress)
     shards = cluster.gather_objects(shard)
     log_w, acceptance, step = (torch.cat([part[i] for part in shards]) for i in range(3))
@@ -226,7 +213,7 @@ def _score_rows(problem, settings, tensors, start, end, data_chunk, device, prog
     parts = []
     with bar:
         for n0 in chunks:
-            batch = _rows(tensors, n0, min(n0 + data_chunk, end), device)
+            batch = rows_on(tensors, n0, min(n0 + data_chunk, end), device)
             parts.append(score_chunk(problem, settings, batch, n0, bar.update))
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
@@ -307,7 +294,7 @@ def start_chains(problem: Problem, batch, num_chains: int, init: str, given=None
     values, axes = {}, {}
     for name in problem.supports:
         site = source.nodes[name]
-        values[name], axes[name] = _full_value(site, nesting, num_chains, num_data)
+        values[name], axes[name] = full_value(site, nesting, num_chains, num_data)
         if given is not None:
             values[name] = given[name].expand(values[name].shape)
     layout = LatentLayout(values, axes, problem.supports, nesting)
