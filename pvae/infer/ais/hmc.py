@@ -5,8 +5,8 @@ N(0, I) momenta, ``leapfrog_steps`` leapfrog steps of size ε, a Metropolis acce
 per chain. Every datapoint has its own ε, shared by its chains.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: NamedTuple fields need real annotations for the
+# API reference (pdoc cannot resolve a string one in the generated __new__).
 import math
 from collections.abc import Callable
 from typing import NamedTuple
