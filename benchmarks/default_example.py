@@ -197,8 +197,10 @@ def describe(name: str, args) -> str:
         z_dim, hidden = (4, 32) if args.tiny else (PYRO_Z, PYRO_HIDDEN)
         return f"784-{hidden}-{z_dim} softplus, Trace_ELBO (grey), batch {PYRO_BATCH}"
     c = config_of(name, args)
-    objective = c.objective if c.objective in ("elbo", "meanfield", "stl") else (
-        f"{c.objective}-{c.num_particles}"
+    objective = (
+        c.objective
+        if c.objective in ("elbo", "meanfield", "stl")
+        else (f"{c.objective}-{c.num_particles}")
     )
     extra = [f"patience {c.patience}"] if c.patience else []
     extra += [f"{c.lr_schedule} lr"] if c.lr_schedule else []
