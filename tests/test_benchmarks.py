@@ -58,6 +58,19 @@ TINY = {
         "--hidden",
         "32",
     ],
+    "default_example.py": [
+        "--tiny",
+        "--budget-s",
+        "0.2",
+        "--train-points",
+        "300",
+        "--eval-points",
+        "20",
+        "--eval-samples",
+        "30",
+        "--candidates",
+        "iwae5",
+    ],
     "quality.py": [
         "--epochs",
         "1",
@@ -92,7 +105,10 @@ def test_every_benchmark_has_a_tiny_mode():
 
 
 def tiny_flags(script, tmp_path):
-    """The script's tiny flags; quality.py reads synthetic Fashion-MNIST IDX files in tmp_path."""
+    """The script's tiny flags; quality.py reads synthetic Fashion-MNIST IDX files in tmp_path,
+    default_example.py the offline digits (tmp_path holds no MNIST)."""
+    if script == "default_example.py":
+        return [*TINY[script], "--data-dir", str(tmp_path)]
     if script != "quality.py":
         return TINY[script]
     # Its default is the real Fashion-MNIST, which a fresh machine does not have.
@@ -111,5 +127,10 @@ def test_benchmark_runs_in_tiny_mode(script, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     table_rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert len(table_rows) >= 2
+    if script == "default_example.py":  # the offline digits, every row, the paired table
+        assert "300 train, 20 held-out digits" in done.stdout
+        names = ("pyro-example", "pyro-example, best epoch", "pvae-default", "iwae5")
+        assert [line.split(" | ")[0][2:] for line in table_rows[1:5]] == list(names)
+        assert "paired differences of IWAE_30" in done.stdout
     if script == "quality.py":
         assert f"fashion-mnist ({tmp_path / 'fashion-mnist'}): 300 train, 20" in done.stdout
