@@ -27,7 +27,8 @@ import pyro
 import torch
 
 from pvae.config import Config, read_config_file, save_config
-from pvae.data import ImageData, held_out_data, load_array, load_dataset, load_user_data
+from pvae.data import ImageData, held_out_data, load_dataset, load_user_data
+from pvae.data.user_data import read_rows
 from pvae.infer.checkpoint import load_checkpoint
 from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
@@ -196,9 +197,9 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
     def report(stats) -> None:
         weight = f"  KL weight {vae.kl_weight:g}" if vae.kl_weight != 1 else ""
         terms = ""
-        if not config.adversarial:  # the held-out ELBO's split (one draw per digit)
+        if not config.adversarial:  # the held-out ELBO's split, from draws of its own
             reconstruction, kl = vae.elbo_terms(*held_out)
-            terms = f" = {reconstruction:.2f} - KL {kl:.2f}"
+            terms = f" (reconstruction {reconstruction:.2f}, KL {kl:.2f})"
             if logger is not None:
                 logger.writer.add_scalar("held_out/reconstruction", reconstruction, stats.epoch)
                 logger.writer.add_scalar("held_out/kl", kl, stats.epoch)
@@ -307,8 +308,7 @@ def load_run_data(config: Config) -> ImageData:
 def evaluation_rows(vae: VAE, path: str | Path, image_size=None) -> torch.Tensor:
     """All rows of a data file or folder, as ``vae`` scores them (flattened, 8-bit images
     scaled to [0, 1], prepared for its likelihood as held-out data are)."""
-    x, info = load_array(path, resize=tuple(image_size)) if image_size else load_array(path)
-    x = x.reshape(x.shape[0], -1)
+    x, info = read_rows(path, image_size)
     if info.is_image:
         x = x.float() / 255
     if x.shape[1] != vae.model_args.get("x_dim", x.shape[1]):

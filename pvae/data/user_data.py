@@ -12,6 +12,13 @@ from pvae.data.datasets import ImageData
 from pvae.data.files import load_array
 
 
+def read_rows(path: str | Path, image_size: Sequence[int] | None = None):
+    """:func:`pvae.data.load_array`'s tensor, one flat row per example, and its description."""
+    resize = tuple(image_size) if image_size is not None else None
+    x, info = load_array(path, resize=resize) if resize else load_array(path)
+    return x.reshape(x.shape[0], -1), info
+
+
 def load_user_data(
     path: str | Path,
     held_out_fraction: float = 0.1,
@@ -29,8 +36,7 @@ def load_user_data(
         >>> data.train_x.shape, data.image_shape  # doctest: +SKIP
         (torch.Size([800, 12]), None)
     """
-    resize = tuple(image_size) if image_size is not None else None
-    x, info = load_array(path, resize=resize) if resize else load_array(path)
+    x, info = read_rows(path, image_size)
     num = x.shape[0]
     num_held_out = math.ceil(held_out_fraction * num)
     if num < 2 or num_held_out >= num:
@@ -39,7 +45,6 @@ def load_user_data(
             "train on the rest; give more data or a smaller held_out_fraction"
         )
     order = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
-    x = x.reshape(num, -1)
     held_out, train = x[order[:num_held_out]], x[order[num_held_out:]]
     if info.is_image:
         held_out = held_out.float() / 255
