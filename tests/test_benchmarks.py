@@ -69,7 +69,7 @@ TINY = {
         "--eval-samples",
         "30",
         "--candidates",
-        "iwae5",
+        "objective-iwae",
     ],
     "quality.py": [
         "--epochs",
@@ -129,7 +129,7 @@ def test_benchmark_runs_in_tiny_mode(script, tmp_path):
     assert len(table_rows) >= 2
     if script == "default_example.py":  # the offline digits, every row, the paired table
         assert "300 train, 20 held-out digits" in done.stdout
-        names = ("pyro-example", "pyro-example, best epoch", "pvae-default", "iwae5")
+        names = ("pyro-example", "pyro-example, best epoch", "pvae-default", "objective-iwae")
         assert [line.split(" | ")[0][2:] for line in table_rows[1:5]] == list(names)
         assert "paired differences of IWAE_30" in done.stdout
     if script == "quality.py":
