@@ -26,6 +26,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
 from pvae.infer.plates import DATA_PLATE, MINIBATCH_SCALE, PARTICLE_PLATE, enumerated
+from pvae.infer.recording import ReplaySites, record_sites
 
 
 def sample_sites(trace):
@@ -95,7 +96,7 @@ def _check_plates_inside_data(site) -> None:
             )
 
 
-def _checked_scale(site, honour_scales: bool) -> float | torch.Tensor | None:
+def checked_scale(site, honour_scales: bool) -> float | torch.Tensor | None:
     """The site's own scale (None for none), or a clear error where log p(x) is estimated."""
     _check_plates_inside_data(site)
     scale = own_scale(site)
@@ -126,7 +127,7 @@ def per_datapoint_log_prob(
     ``log_prob`` overrides the site's own (e.g. one computed with detached parameters).
     """
     frame = data_frame(site)
-    scale = _checked_scale(site, honour_scales)
+    scale = checked_scale(site, honour_scales)
     if log_prob is None:
         log_prob = site["fn"].log_prob(site["value"])
     log_p = scale_and_mask(log_prob, 1.0 if scale is None else scale, site["mask"])
@@ -180,21 +181,64 @@ def model_log_joint(
                     site, nesting, num_particles, num_data, honour_scales=honour_scales
                 )
         return total
+    _check_enumerated_sums(sites)
+    if all(_local_to_datapoints(site) for _, site in sites if enumerated(site)):
+        return _sum_out_per_datapoint(sites, nesting, num_particles, num_data, observed)
+    if not isinstance(trace, poutine.Trace):  # sites recorded without Pyro's trace graph
+        trace = _as_trace(trace)
+        sites = list(sample_sites(trace))
     return _contract_enumerated(trace, sites, nesting, num_particles, num_data, observed)
 
 
-def _contract_enumerated(
-    trace, sites, nesting, num_particles, num_data, observed=True
-) -> torch.Tensor:
+def _check_enumerated_sums(sites) -> None:
     for name, site in sites:
         data_frame(site)
-        if _checked_scale(site, honour_scales=False) is not None:
+        if checked_scale(site, honour_scales=False) is not None:
             raise ValueError(f"site {name!r} is scaled: enumerated sums take no scales")
         if enumerated(site) and site["infer"]["enumerate"] != "parallel":
             raise ValueError(
                 f"site {name!r} is enumerated sequentially: per-datapoint weights sum "
                 "enumerated latents in parallel; use infer={'enumerate': 'parallel'}"
             )
+
+
+def _local_to_datapoints(site) -> bool:
+    """Whether an enumerated site is in no plate but the data and particle plates."""
+    return all(f.name in (DATA_PLATE, PARTICLE_PLATE) for f in site["cond_indep_stack"])
+
+
+def _sum_out_per_datapoint(sites, nesting, num_particles, num_data, observed) -> torch.Tensor:
+    """log p(x, z) [particles, datapoints] with enumerated latents of one datapoint each
+    summed out: every site's log-density summed over its plates inside the data plate, then
+    logsumexp over the enumerated dimensions (left of the particle plate). Exact when no
+    enumerated site sits in such an inner plate, which :func:`_local_to_datapoints` checks;
+    the general case is :func:`_contract_enumerated`'s."""
+    total, data_dim = 0.0, data_frame(sites[0][1]).dim
+    for _, site in sites:
+        if site["is_observed"] and not observed:
+            continue
+        log_p = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+        log_p = log_p.reshape((1,) * (nesting + 1 - log_p.dim()) + log_p.shape)
+        inner = [dim for dim in range(-nesting, 0) if dim != data_dim]
+        total = total + (log_p.sum(inner, keepdim=True) if inner else log_p)
+    enumeration = list(range(total.dim() - nesting - 1))
+    if enumeration:
+        total = torch.logsumexp(total, enumeration)
+    data_axis = nesting + 1 + data_dim
+    total = total.reshape(total.shape[0], total.shape[data_axis])
+    return total.expand(num_particles, num_data)
+
+
+def _as_trace(recorded) -> poutine.Trace:
+    trace = poutine.Trace()
+    for name, site in recorded.nodes.items():
+        trace.add_node(name, **site)
+    return trace
+
+
+def _contract_enumerated(
+    trace, sites, nesting, num_particles, num_data, observed=True
+) -> torch.Tensor:
     trace.compute_log_prob()
     trace.pack_tensors()
     symbols = trace.plate_to_symbol
@@ -236,8 +280,9 @@ def particle_log_weights(
     enumerate_model: bool = True,
     subtract_score: bool = True,
 ) -> tuple[torch.Tensor, poutine.Trace, poutine.Trace]:
-    """Differentiable log-weights [num_particles, batch] and the guide and model traces.
+    """Differentiable log-weights [num_particles, batch] and the guide's and model's sites.
 
+    The sites are recorded without Pyro's trace graph (:mod:`pvae.infer.recording`).
     ``enumerate_model=False`` skips Pyro's enumeration handler, for a model already known to
     enumerate nothing (the handler visits every site, every step). ``subtract_score=False``
     leaves the score term in where q cannot simply be detached, for a caller that removes it
@@ -259,7 +304,7 @@ def particle_log_weights(
     """
     num_data = args[0].shape[0]
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(*args)
+        guide_trace = record_sites(guide, args)
         if any(enumerated(site) for _, site in sample_sites(guide_trace)):
             raise ValueError(
                 "the guide enumerates a discrete latent: importance-weighted objectives and "
@@ -267,8 +312,8 @@ def particle_log_weights(
                 "or train with objective='elbo' (TraceEnum_ELBO)"
             )
         enumerated_model = enumerating(model, nesting) if enumerate_model else model
-        replayed = poutine.replay(enumerated_model, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(*args)
+        replayed = ReplaySites(guide_trace.nodes)(enumerated_model)
+        model_trace = record_sites(replayed, args)
     log_w = model_log_joint(model_trace, nesting, num_particles, num_data, honour_scales)
     detachable = stop_guide_parameters and single_plain_site(guide_trace)
     for _, site in sample_sites(guide_trace):
@@ -304,7 +349,7 @@ def guide_log_density(
             if not site["is_observed"]
         }
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
-        trace = poutine.trace(poutine.condition(guide, data=values)).get_trace(*args)
+        trace = record_sites(poutine.condition(guide, data=values), args)
     log_q = 0.0
     for _, site in sample_sites(trace):
         log_q = log_q + per_datapoint_log_prob(
