@@ -42,6 +42,18 @@ TINY = {
         "--hidden",
         "32",
     ],
+    "enum_speed.py": [
+        "--num-data",
+        "512",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--hidden",
+        "32",
+        "--components",
+        "3",
+    ],
     "eval_speed.py": [
         "-k",
         "40",
