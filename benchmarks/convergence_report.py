@@ -50,6 +50,8 @@ class RowState:
     epochs: int = 0
     best_epoch: int = 0
     best_validation_elbo: float | None = None
+    stale_epochs: int = 0
+    started: str = ""
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
     cpu_seconds: float | None = None
     wall_seconds: float | None = None
@@ -82,6 +84,8 @@ def read_row(folder: Path, patience: int, max_epochs: int, eval_samples: int) ->
         epochs=saved["epoch"],
         best_epoch=stopping.best_epoch,
         best_validation_elbo=stopping.best_elbo if stopping.best_epoch else None,
+        stale_epochs=stopping.stale_epochs,
+        started=json.loads((folder / SETTINGS).read_text()).get("started", ""),
         epoch_seconds=[stats["seconds"] for stats in saved["training"]["history"]],
         cpu_seconds=saved.get("cpu_seconds"),
         wall_seconds=saved.get("wall_seconds"),
@@ -135,6 +139,9 @@ def _hours(seconds: float | None) -> str:
 
 def _row_line(state: RowState) -> str:
     status = state.status + (f" ({state.note})" if state.note else "")
+    if state.status == "in progress":
+        stale = state.stale_epochs
+        status += f", {stale} epoch{'' if stale == 1 else 's'} since the best"
     median = f"{statistics.median(state.epoch_seconds):.1f}" if state.epoch_seconds else "-"
     validation = "-" if state.best_validation_elbo is None else f"{state.best_validation_elbo:.2f}"
     test, elbo, khat = "-", "-", "-"
@@ -142,7 +149,8 @@ def _row_line(state: RowState) -> str:
         test = f"{state.test.mean:.2f} ± {state.test.standard_error:.2f}"
         elbo = f"{state.test.elbo:.2f}"
         khat = f"{100 * state.test.fraction_khat_above:.0f}%"
-    cells = [state.name, status, str(state.epochs), str(state.best_epoch or "-"), median]
+    started = state.started.replace("T", " ")[:16] or "-"
+    cells = [state.name, status, started, str(state.epochs), str(state.best_epoch or "-"), median]
     cells += [_hours(state.cpu_seconds), _hours(state.wall_seconds), validation, test, elbo, khat]
     return "| " + " | ".join(cells + [_hours(state.eval_cpu_seconds)]) + " |"
 
@@ -165,9 +173,10 @@ def report_lines(states: list[RowState], pairs: list[tuple[str, str]], eval_samp
     (names a, b: a − b per test image, mean ± s.e.; positive: a is better)."""
     k = eval_samples
     lines = [
-        f"| row | state | epochs | best epoch | median s/epoch | train CPU h | train wall h "
-        f"| validation ELBO (best) | test IWAE_{k} ± s.e. | test ELBO | k̂ above | eval CPU h |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | state | started (UTC) | epochs | best epoch | median s/epoch | train CPU h "
+        f"| train wall h | validation ELBO (best) | test IWAE_{k} ± s.e. | test ELBO | k̂ above "
+        "| eval CPU h |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row_line(state) for state in states),
         "",
         f"Paired differences of the per-image test IWAE_{k} bounds (a − b over the same test "

@@ -127,7 +127,8 @@ def test_the_report_pairs_rows_by_image_and_lists_unfinished_ones(
     # With more epochs allowed the rows are unfinished again: no test figure is shown.
     run(data_dir, out, "--max-epochs", "3", "--report", rows=rows)
     printed = capsys.readouterr().out
-    assert "| 2-layer-elbo | in progress | 1 | 1 |" in printed
+    assert "| 2-layer-elbo | in progress, 0 epochs since the best | 20" in printed
+    assert " | 1 | 1 | " in printed.split("| 2-layer-elbo | in progress")[1].splitlines()[0]
     assert "| 2-layer-elbo − 1-layer-elbo | - | not yet: 2-layer-elbo in progress, " in printed
     assert f"{elbo.mean():.2f} ±" not in printed
 
