@@ -173,9 +173,9 @@ def report_lines(states: list[RowState], pairs: list[tuple[str, str]], eval_samp
     (names a, b: a − b per test image, mean ± s.e.; positive: a is better)."""
     k = eval_samples
     lines = [
-        "| row | state | started (UTC) | epochs | best epoch | median s/epoch | train CPU h "
-        f"| train wall h | validation ELBO (best) | test IWAE_{k} ± s.e. | test ELBO | k̂ above "
-        "| eval CPU h |",
+        "| row | state | started (UTC) | epochs | best epoch | median s/epoch (steps) "
+        f"| train CPU h | train wall h | validation ELBO (best) | test IWAE_{k} ± s.e. "
+        "| test ELBO | k̂ above | eval CPU h |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row_line(state) for state in states),
         "",
