@@ -218,7 +218,7 @@ def train_row(row: Row, config: pvae.Config, vae: pvae.VAE, splits: Splits, fold
     clock = Clock(resume)
     bound = "ELBO" if row.objective == "elbo" else f"IWAE_{row.k}"
 
-    def report(stats: pvae.EpochStats) -> None:
+    def say_epoch(stats: pvae.EpochStats) -> None:
         print(
             f"{row.name}  epoch {stats.epoch:4d}  train {bound} {stats.train_bound:9.2f}  "
             f"validation ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s, load "
@@ -238,7 +238,7 @@ def train_row(row: Row, config: pvae.Config, vae: pvae.VAE, splits: Splits, fold
             checkpoint_path=checkpoint,
             checkpoint_extra=lambda: pvae.vae_state(vae, config=config.to_dict(), **clock.totals()),
             resume=resume,
-            on_epoch_end=report,
+            on_epoch_end=say_epoch,
             progress=False,
         )
     except pvae.TrainingDiverged as error:  # the other rows still run; this one is skipped
