@@ -246,12 +246,18 @@ def train_row(row: Row, config: pvae.Config, vae: pvae.VAE, splits: Splits, fold
         print(f"{row.name}: {error}", flush=True)
 
 
-def evaluate_row(row: Row, folder: Path, test: torch.Tensor, args: argparse.Namespace) -> None:
+def evaluate_row(row: Row, folder: Path, test: torch.Tensor, args, best_epoch: int) -> None:
     """IWAE_K of best.pt on every test image, chunk by chunk (each chunk saved as it is
     done, so an interrupted evaluation goes on where it stopped), then one result file."""
     pyro.clear_param_store()
     vae, best = pvae.load_vae(folder / "best.pt")
     k, epoch = args.eval_samples, best["epoch"]
+    if epoch != best_epoch:  # fit writes checkpoint.pt, then best.pt: a kill in between
+        raise ValueError(
+            f"{folder / 'best.pt'} holds epoch {epoch}, but checkpoint.pt says the best "
+            f"validation epoch was {best_epoch}, whose weights were not kept: score best.pt "
+            "by hand, or train the row again in another --out"
+        )
     parts = folder / f"test_iwae{k}_epoch{epoch}_chunks{args.eval_chunk}"
     print(f"{row.name}: IWAE_{k} of epoch {epoch} on {test.shape[0]} test images", flush=True)
     chunks = [
@@ -322,7 +328,7 @@ def run_row(row: Row, splits: Splits, args: argparse.Namespace) -> None:
     if not state.finished:
         print(f"{row.name}: {state.status}, not scored", flush=True)
     elif state.test is None:
-        evaluate_row(row, folder, splits.test, args)
+        evaluate_row(row, folder, splits.test, args, state.best_epoch)
     else:
         print(f"{row.name}: finished ({state.status}) and scored, skipped", flush=True)
 
