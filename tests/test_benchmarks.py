@@ -83,6 +83,23 @@ TINY = {
         "--candidates",
         "objective-iwae",
     ],
+    "fashion_convergence.py": [
+        "--train-size",
+        "40",
+        "--validation-size",
+        "10",
+        "--test-size",
+        "10",
+        "--max-epochs",
+        "1",
+        "-k",
+        "2",
+        "--eval-samples",
+        "10",
+        "--rows",
+        "1-layer-elbo",
+        "2-layer-elbo",
+    ],
     "quality.py": [
         "--epochs",
         "1",
@@ -117,10 +134,20 @@ def test_every_benchmark_has_a_tiny_mode():
 
 
 def tiny_flags(script, tmp_path):
-    """The script's tiny flags; quality.py reads synthetic Fashion-MNIST IDX files in tmp_path,
-    default_example.py the offline digits (tmp_path holds no MNIST)."""
+    """The script's tiny flags; quality.py and fashion_convergence.py read synthetic
+    Fashion-MNIST IDX files in tmp_path, default_example.py the offline digits (tmp_path holds
+    no MNIST)."""
     if script == "default_example.py":
         return [*TINY[script], "--data-dir", str(tmp_path)]
+    if script == "fashion_convergence.py":  # its default --out is the real runs' folder
+        make_idx_dir(tmp_path / "fashion-mnist", compress=False, n_train=40, n_test=10)
+        return [
+            *TINY[script],
+            "--data-dir",
+            str(tmp_path / "fashion-mnist"),
+            "--out",
+            str(tmp_path),
+        ]
     if script != "quality.py":
         return TINY[script]
     # Its default is the real Fashion-MNIST, which a fresh machine does not have.
