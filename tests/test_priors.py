@@ -210,3 +210,19 @@ def test_learned_gaussian_prior_is_the_gaussian_of_its_parameters():
 def test_bad_prior_choices_get_one_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_run_starts_pseudo_inputs_at_rows_scaled_to_the_unit_interval():
+    from pvae.runs import _start_pseudo_inputs
+
+    prior = VampPrior(Z_DIM, GaussianEncoder(X_DIM, Z_DIM, hidden_dims=[8]), X_DIM, 3)
+    said = []
+    _start_pseudo_inputs(prior, torch.full((3, X_DIM), 255, dtype=torch.uint8), said.append)
+    assert torch.equal(prior.pseudo_inputs, torch.ones(3, X_DIM)) and not said  # 8-bit rows
+    start = prior.pseudo_inputs.clone()
+    _start_pseudo_inputs(prior, torch.zeros(2, X_DIM), said.append)  # fewer rows than 3
+    assert torch.equal(prior.pseudo_inputs, start)
+    assert said == [
+        "2 training rows for 3 pseudo-inputs: they start at random (set prior_options "
+        "num_components to at most the rows)"
+    ]
