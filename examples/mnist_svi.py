@@ -1,6 +1,6 @@
 """Train a VAE on MNIST (or Fashion-MNIST) with SVI and report held-out bounds.
 
-    python examples/mnist_svi.py                   # defaults: ~3.5 minutes on 2 CPU cores offline
+    python examples/mnist_svi.py                   # defaults: ~4.5 minutes on a CPU core offline
     python examples/mnist_svi.py -n 50 --device cuda --out runs/mnist
     python examples/mnist_svi.py --config examples/configs/vamp.yaml -n 20   # flags win
     python examples/mnist_svi.py --conditional --digit 7      # draws sevens

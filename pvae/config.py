@@ -36,11 +36,14 @@ from pvae.models.settings import ARCHITECTURE_KEYS, Architecture, ModelConfig
 _SCALED_OBJECTIVES = ("elbo", "meanfield")
 # K of the importance-weighted objectives when a run does not give num_particles.
 _DEFAULT_PARTICLES = {"iwae": 5, "dreg": 5}
+# The example's prior when a run names none: a VampPrior with this many pseudo-inputs.
+_DEFAULT_VAMP_OPTIONS = {"num_components": 100}
 
 
 @dataclasses.dataclass(kw_only=True)
 class Config(TrainConfig, Architecture):
-    """The settings of one run of the example (defaults: its 784-400-50 Bernoulli VAE, DReG-5).
+    """The settings of one run of the example (defaults: its 784-400-50 Bernoulli VAE with a
+    VampPrior of 100 pseudo-inputs, DReG-5).
 
     Model: the fields of :class:`pvae.models.settings.Architecture` (``z_dim``,
     ``hidden_dims``, ``prior``, ``likelihood``, ``guide``, ...) and ``conditional`` (a VAE
@@ -55,13 +58,16 @@ class Config(TrainConfig, Architecture):
     for TensorBoard's event files, or none).
     """
 
-    # The example's training (benchmarks/default_example.py chose it; README, "What the
-    # example does"): DReG-5 with z = 50 beats Trace_ELBO and Pyro's own example in the same
-    # time. pvae.fit's own defaults stay Trace_ELBO.
+    # The example's model and training (benchmarks/default_example.py chose them; README,
+    # "What the example does"): a VampPrior and DReG-5 with z = 50 beat Trace_ELBO and Pyro's
+    # own example in the same time. build_vae's and pvae.fit's own defaults stay N(0, I) and
+    # Trace_ELBO.
     z_dim: int = 50
+    prior: str | None = None  # None: vamp (100 pseudo-inputs), or standard_normal for the
+    # variants a VampPrior does not fit
     objective: str | None = None  # None: dreg, or elbo for the variants that need it
     num_particles: int | None = None  # None: 5 for iwae and dreg, 1 for the others
-    num_epochs: int = 200
+    num_epochs: int = 150
     seed: int = 0
     conditional: bool = False
     iwae_samples: int = 1000
@@ -76,6 +82,10 @@ class Config(TrainConfig, Architecture):
     tensorboard: str | None = None
 
     def __post_init__(self) -> None:
+        if self.prior is None:
+            self.prior = "vamp" if self._vamp_fits() else "standard_normal"
+            if self.prior == "vamp" and not self.prior_options:
+                self.prior_options = dict(_DEFAULT_VAMP_OPTIONS)
         # A beta-VAE and an adversarial autoencoder need the ELBO; --objective elbo alone is
         # Trace_ELBO with one particle, as it was before DReG-5 became the default.
         if self.objective is None:
@@ -83,6 +93,16 @@ class Config(TrainConfig, Architecture):
             self.objective = "elbo" if weighted else "dreg"
         if self.num_particles is None:
             self.num_particles = _DEFAULT_PARTICLES.get(self.objective, 1)
+
+    def _vamp_fits(self) -> bool:
+        """Whether the default VampPrior suits this model: it pushes pseudo-inputs in [0, 1]
+        (binary digits' range) through an MLP encoder, which a conditional VAE's, a
+        hierarchy's and an adversarial autoencoder's (deterministic) encoders do not take,
+        and a beta-VAE's KL weight means a factorized N(0, I)."""
+        variant = self.conditional or self.adversarial or self.hierarchy is not None
+        weighted = self.beta != 1 or self.warmup_epochs > 0
+        plain = self.network == "mlp" and self.likelihood == "bernoulli"
+        return plain and not (variant or weighted)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> Config:

@@ -160,8 +160,8 @@ def train_run(
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
-    if resume is None and hasattr(vae.prior, "initialize"):  # VampPrior: from real data
-        vae.prior.initialize(train[0])
+    if resume is None and hasattr(vae.prior, "initialize"):
+        _start_pseudo_inputs(vae.prior, train[0], say)
     result = _train(config, vae, train, held_out, out, resume, say)
     _keep_best(result, vae, out, say)
     bound = _evaluate(config, vae, held_out, out, say, main_process)
@@ -172,6 +172,18 @@ def train_run(
 
 def _silent(*args, **kwargs) -> None:
     pass
+
+
+def _start_pseudo_inputs(prior, rows: torch.Tensor, say) -> None:
+    """A VampPrior's pseudo-inputs start as training rows (in [0, 1], as the encoder sees
+    them); with fewer rows than pseudo-inputs they keep their random start."""
+    if rows.shape[0] < prior.num_components:
+        say(
+            f"{rows.shape[0]} training rows for {prior.num_components} pseudo-inputs: they "
+            "start at random (set prior_options num_components to at most the rows)"
+        )
+        return
+    prior.initialize(rows if rows.is_floating_point() else rows.float() / 255)
 
 
 def _prepared(data: ImageData, vae: VAE, conditional: bool, device) -> tuple[tuple, tuple]:

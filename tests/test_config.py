@@ -50,10 +50,34 @@ def test_trace_elbo_is_one_setting_away_from_the_default_objective():
         assert (config.objective, config.num_particles) == ("elbo", 1), variant
 
 
+def test_the_default_prior_is_a_vamp_prior_the_variants_and_one_flag_make_it_n01():
+    # benchmarks/default_example.py chose 100 pseudo-inputs; a conditional VAE, a hierarchy,
+    # an adversarial autoencoder, a beta-VAE, a conv network and other likelihoods get
+    # N(0, I) without asking, and --prior standard_normal gives the plain VAE.
+    assert (Config().prior, Config().prior_options) == ("vamp", {"num_components": 100})
+    assert Config.from_dict({"prior_options": {"num_components": 7}}).prior_options == {
+        "num_components": 7
+    }
+    variants = (
+        {"conditional": True},
+        {"hierarchy": [10, 50]},
+        {"adversarial": True},
+        {"beta": 4.0},
+        {"warmup_epochs": 10},
+        {"network": "conv"},
+        {"likelihood": "continuous_bernoulli"},
+        {"prior": "standard_normal"},
+    )
+    for variant in variants:
+        config = Config.from_dict(variant)
+        assert (config.prior, config.prior_options) == ("standard_normal", {}), variant
+
+
 def test_iwae_paper_config_is_the_papers_architecture():
     config = load_config(ROOT / "examples" / "configs" / "iwae_paper.yaml")
     assert (config.hidden_dims, config.z_dim, config.activation) == ([200, 200], 50, "tanh")
     assert (config.objective, config.num_particles, config.iwae_samples) == ("iwae", 50, 5000)
+    assert config.prior == "standard_normal"
 
 
 def test_save_and_load_give_back_the_same_config(tmp_path):

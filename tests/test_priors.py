@@ -110,6 +110,21 @@ def test_mixture_log_prob_is_the_same_in_chunks_and_under_plates(monkeypatch):
     assert mixture.expand([7]).sample((4,)).shape == (4, 7, 3)
 
 
+def test_mixture_log_prob_keeps_its_precision_near_a_narrow_component():
+    # log_prob expands (z - mu)^2 / s^2 into terms of ~1e7 here that cancel: one component,
+    # so the exact answer is the Gaussian's own log-density.
+    loc, scale = torch.full((1, 50), 3.0), torch.full((1, 50), 1e-3)
+    z = loc + 1e-3 * torch.linspace(-2.0, 2.0, 50)
+    mixture = DiagonalGaussianMixture(torch.zeros(1), loc, scale)
+    exact = dist.Normal(loc.double(), scale.double()).log_prob(z.double()).sum()
+    assert torch.allclose(mixture.log_prob(z).double(), exact, rtol=1e-6)
+    # Gradients reach the locations and scales as they do through the Gaussian's density.
+    loc.requires_grad_(True)
+    DiagonalGaussianMixture(torch.zeros(1), loc, scale).log_prob(z).backward()
+    expected = (z - loc.detach()) / scale**2
+    assert torch.allclose(loc.grad, expected, rtol=1e-4)
+
+
 def test_vamp_prior_log_prob_matches_a_direct_computation():
     encoder = GaussianEncoder(X_DIM, Z_DIM, hidden_dims=[8])
     prior = VampPrior(Z_DIM, encoder, X_DIM, num_components=6)
@@ -195,3 +210,19 @@ def test_learned_gaussian_prior_is_the_gaussian_of_its_parameters():
 def test_bad_prior_choices_get_one_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_run_starts_pseudo_inputs_at_rows_scaled_to_the_unit_interval():
+    from pvae.runs import _start_pseudo_inputs
+
+    prior = VampPrior(Z_DIM, GaussianEncoder(X_DIM, Z_DIM, hidden_dims=[8]), X_DIM, 3)
+    said = []
+    _start_pseudo_inputs(prior, torch.full((3, X_DIM), 255, dtype=torch.uint8), said.append)
+    assert torch.equal(prior.pseudo_inputs, torch.ones(3, X_DIM)) and not said  # 8-bit rows
+    start = prior.pseudo_inputs.clone()
+    _start_pseudo_inputs(prior, torch.zeros(2, X_DIM), said.append)  # fewer rows than 3
+    assert torch.equal(prior.pseudo_inputs, start)
+    assert said == [
+        "2 training rows for 3 pseudo-inputs: they start at random (set prior_options "
+        "num_components to at most the rows)"
+    ]
