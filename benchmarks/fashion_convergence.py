@@ -138,6 +138,7 @@ def row_config(row: Row, args: argparse.Namespace, folder: Path) -> pvae.Config:
             "z_dim": 50,
             "hidden_dims": [200, 200],
             "activation": "tanh",
+            "prior": "standard_normal",  # Burda et al.'s, not the example's VampPrior
             "hierarchy": [100, 50] if row.layers == 2 else None,
             "likelihood": "bernoulli",
             "objective": row.objective,
