@@ -126,6 +126,33 @@ def test_loss_and_gradients_equal_trace_enum_elbo_on_the_same_draws(
             assert torch.allclose(grads[name], grad, rtol=1e-10, atol=1e-12), name
 
 
+def subsampled_gmvae(components=3, z_dim=2):
+    """The GMVAE with a data plate that subsamples 3 of the rows it is given itself."""
+
+    def model(x):
+        logits, locs = _mixture_parameters(components, z_dim)
+        with pyro.plate("data", x.shape[0], subsample_size=3) as rows:
+            c = pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", dist.Normal(locs[c], 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x[rows])
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], subsample_size=3) as rows:
+            loc = pyro.param("guide_loc", torch.zeros(z_dim)) + x[rows]
+            pyro.sample("z", dist.Normal(loc, 0.7).to_event(1))
+
+    return model, guide, torch.randn(6, 1)
+
+
+def test_a_plate_that_subsamples_keeps_trace_enum_elbo():
+    pyro.clear_param_store()
+    model, guide, x = subsampled_gmvae()
+    chosen = choose_objective("elbo", 1, 1, trace_pair(model, guide, x))
+    assert isinstance(chosen, pyro.infer.TraceEnum_ELBO)
+    result = pvae.fit(model, guide, x, num_epochs=2, batch_size=6, progress=False, seed=0)
+    assert all(torch.isfinite(torch.tensor(s.train_bound)) for s in result.history)
+
+
 def test_a_global_latent_or_a_scaled_site_keeps_trace_enum_elbo():
     pyro.clear_param_store()
     model, guide, x = gmvae()

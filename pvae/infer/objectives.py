@@ -267,15 +267,17 @@ def choose_objective(name: str, num_particles: int, nesting: int, traces: tuple)
 
 def _per_datapoint_sites(traces) -> bool:
     """Whether every site of model and guide is a per-datapoint term of a log-weight: in the
-    ``"data"`` plate, not scaled by the model, no inner plate subsampled, and every guide
-    site reparameterized."""
+    ``"data"`` plate over the rows it is given (the plate subsamples nothing itself), not
+    scaled by the model, no inner plate subsampled, and every guide site reparameterized."""
     guide_trace, _ = traces
     if any(not site["fn"].has_rsample for _, site in sample_sites(guide_trace)):
         return False
     try:
         for trace in traces:
             for _, site in sample_sites(trace):
-                data_frame(site)
+                frame = data_frame(site)
+                if frame.full_size is not None and frame.full_size != frame.size:
+                    return False
                 if checked_scale(site, honour_scales=False) is not None:
                     return False
     except ValueError:
