@@ -26,6 +26,7 @@ import torch
 from common import digits, machine, networks, samples_per_second
 from torch import nn
 from torch.nn import functional
+from train_speed import hand_written_pair
 
 import pvae
 
@@ -61,11 +62,7 @@ def enumerated_pair(encoder, decoder, prior: MixturePrior):
             z = pyro.sample("z", dist.Normal(prior.locs[c], prior.log_scales[c].exp()).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
 
-    def guide(x):
-        pyro.module("encoder", encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(*encoder(x)).to_event(1))
-
+    _, guide = hand_written_pair(encoder, decoder, prior.locs.shape[-1])  # q(z|x) alone
     return model, guide
 
 

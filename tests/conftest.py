@@ -27,6 +27,16 @@ def fresh_pyro_state():
 
 
 @pytest.fixture
+def float64():
+    """float64 as torch's default dtype for the test: sums equal up to rounding compare to
+    1e-12, not to float32's summation-order noise."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+@pytest.fixture
 def one_thread():
     """Torch on one thread for the test (tiny networks run faster so, on a shared CPU too)."""
     threads = torch.get_num_threads()

@@ -438,12 +438,9 @@ def parameters_of(program, x) -> list[str]:
 
 # ------------------------------------------------------------------------------------ tests
 @pytest.fixture(autouse=True)
-def float64_by_default():
+def float64_by_default(float64):
     # Pyro's autoregressive flow makes its inverse's buffers in the default dtype.
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
     yield
-    torch.set_default_dtype(default)
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

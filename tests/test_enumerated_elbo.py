@@ -7,9 +7,10 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.poutine.trace_messenger import TraceMessenger
+from test_fast_elbo import gradients
 
 import pvae
-from pvae.infer.objectives import EnumeratedELBO, ScaleDataPlate, choose_objective
+from pvae.infer.objectives import EnumeratedELBO, choose_objective
 from pvae.infer.plates import trace_pair
 
 
@@ -85,24 +86,6 @@ def per_pixel(components=2, z_dim=2):
     return model, guide, torch.randn(4, 3)
 
 
-def loss_and_gradients(objective, model, guide, x, num_data, seed):
-    pyro.set_rng_seed(seed)
-    scale = ScaleDataPlate(num_data)
-    loss = objective.differentiable_loss(scale(model), scale(guide), x)
-    params = dict(pyro.get_param_store().named_parameters())
-    grads = torch.autograd.grad(loss, list(params.values()))
-    return loss.detach(), dict(zip(params, grads, strict=True))
-
-
-@pytest.fixture
-def float64():
-    # Equal up to rounding: in float64 that is 1e-12, not float32's summation-order noise.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 @pytest.mark.parametrize("make_pair", [gmvae, chained, per_pixel])
 @pytest.mark.parametrize("num_particles", [1, 4])
 def test_loss_and_gradients_equal_trace_enum_elbo_on_the_same_draws(
@@ -119,8 +102,8 @@ def test_loss_and_gradients_equal_trace_enum_elbo_on_the_same_draws(
         max_plate_nesting=nesting,
     )
     for seed in (0, 1):  # the second call runs without the first step's enumeration check
-        loss, grads = loss_and_gradients(chosen, model, guide, x, num_data=30, seed=seed)
-        expected, expected_grads = loss_and_gradients(reference, model, guide, x, 30, seed)
+        loss, grads = gradients(chosen, model, guide, x, num_data=30, seed=seed)
+        expected, expected_grads = gradients(reference, model, guide, x, 30, seed)
         assert torch.allclose(loss, expected, rtol=1e-12)
         for name, grad in expected_grads.items():
             assert torch.allclose(grads[name], grad, rtol=1e-10, atol=1e-12), name

@@ -99,14 +99,6 @@ def test_trains_with_every_objective_and_the_bound_rises(objective, one_thread):
     assert last > first + 1.0, bounds
 
 
-@pytest.fixture
-def float64():
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(default)
-
-
 @pytest.mark.parametrize("objective", TRAINING_OBJECTIVES)
 def test_objectives_and_gradients_equal_the_references_on_shared_draws(objective, float64):
     # The references of tests/test_conformance.py: Pyro's Trace_ELBO for elbo, the IWAE, STL
