@@ -42,14 +42,15 @@ def result_name(eval_samples: int) -> str:
 @dataclasses.dataclass
 class RowState:
     """A row as its folder has it. ``status``: not started, in progress, converged (no better
-    validation ELBO for ``patience`` epochs), max epochs, or diverged; ``test``: the IWAE
+    validation bound for ``patience`` epochs), max epochs, or diverged; ``test``: the IWAE
     bound of the best validation epoch on the test images, once computed."""
 
     name: str
     status: str
     epochs: int = 0
     best_epoch: int = 0
-    best_validation_elbo: float | None = None
+    best_validation_bound: float | None = None
+    validation_bound_name: str = "ELBO"
     stale_epochs: int = 0
     started: str = ""
     epoch_seconds: list[float] = dataclasses.field(default_factory=list)
@@ -72,7 +73,7 @@ def read_row(folder: Path, patience: int, max_epochs: int, eval_samples: int) ->
     if not (folder / "checkpoint.pt").exists():
         return RowState(name, "not started")
     saved = pvae.load_checkpoint(folder / "checkpoint.pt")
-    stopping = EarlyStopping(**{**saved["early_stopping"], "patience": patience})
+    stopping = EarlyStopping.from_dict(saved["early_stopping"], patience=patience)
     status = "in progress"
     if saved["epoch"] >= max_epochs:
         status = "max epochs"
@@ -83,7 +84,8 @@ def read_row(folder: Path, patience: int, max_epochs: int, eval_samples: int) ->
         status,
         epochs=saved["epoch"],
         best_epoch=stopping.best_epoch,
-        best_validation_elbo=stopping.best_elbo if stopping.best_epoch else None,
+        best_validation_bound=stopping.best_bound if stopping.best_epoch else None,
+        validation_bound_name=stopping.bound_name,
         stale_epochs=stopping.stale_epochs,
         started=json.loads((folder / SETTINGS).read_text()).get("started", ""),
         epoch_seconds=[stats["seconds"] for stats in saved["training"]["history"]],
@@ -143,7 +145,9 @@ def _row_line(state: RowState) -> str:
         stale = state.stale_epochs
         status += f", {stale} epoch{'' if stale == 1 else 's'} since the best"
     median = f"{statistics.median(state.epoch_seconds):.1f}" if state.epoch_seconds else "-"
-    validation = "-" if state.best_validation_elbo is None else f"{state.best_validation_elbo:.2f}"
+    validation = "-"
+    if state.best_validation_bound is not None:
+        validation = f"{state.validation_bound_name} {state.best_validation_bound:.2f}"
     test, elbo, khat = "-", "-", "-"
     if state.test is not None:
         test = f"{state.test.mean:.2f} ± {state.test.standard_error:.2f}"
@@ -174,7 +178,7 @@ def report_lines(states: list[RowState], pairs: list[tuple[str, str]], eval_samp
     k = eval_samples
     lines = [
         "| row | state | started (UTC) | epochs | best epoch | median s/epoch (steps) "
-        f"| train CPU h | train wall h | validation ELBO (best) | test IWAE_{k} ± s.e. "
+        f"| train CPU h | train wall h | validation bound (best) | test IWAE_{k} ± s.e. "
         "| test ELBO | k̂ above | eval CPU h |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row_line(state) for state in states),

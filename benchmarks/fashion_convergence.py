@@ -5,8 +5,10 @@ tanh VAE (benchmarks/quality.py's), and two, their latents 100 and 50 with deter
 200-200 and 100-100 (:mod:`pvae.models.hierarchical`); each trained on the ELBO, IWAE-K and
 DReG-K (K = 5; Tucker et al. 2019): Bernoulli, dynamic binarization, Adam 1e-3, batch 100,
 seed 0. The last 5,000 of the 60,000 training images are the validation set and the model
-trains on the other 55,000; a row stops when its validation ELBO has not improved for
-``--patience`` epochs, or at ``--max-epochs``, and keeps its best validation epoch (best.pt).
+trains on the other 55,000; a row is judged on the validation set by the bound it trains on
+(the ELBO rows by the ELBO, the IWAE-K and DReG-K rows by IWAE_K, as Burda et al. select),
+stops when that has not improved for ``--patience`` epochs, or at ``--max-epochs``, and
+keeps its best validation epoch (best.pt).
 That epoch is then scored by IWAE_K (K = ``--eval-samples``) on all 10,000 test images; the
 validation and test images are binarized once with pvae's fixed held-out seed. The test
 images are scored in chunks of ``--eval-chunk`` (chunk i with seed i, the same for every row),
@@ -147,6 +149,7 @@ def row_config(row: Row, args: argparse.Namespace, folder: Path) -> pvae.Config:
             "learning_rate": args.learning_rate,
             "num_epochs": args.max_epochs,
             "patience": args.patience,
+            "held_out_samples": row.particles,  # the row's own bound: ELBO or IWAE_K
             "seed": args.seed,
             "iwae_samples": args.eval_samples,
             "dataset": "fashion-mnist",
@@ -162,8 +165,11 @@ def check_settings(folder: Path, config: pvae.Config, vae: pvae.VAE, splits: Spl
     started with another model, training or data."""
     current = {
         "model_args": vae.model_args,
-        "training": {key: getattr(config, key) for key in ("objective", "num_particles")}
-        | {key: getattr(config, key) for key in ("batch_size", "learning_rate", "seed")},
+        "training": {
+            key: getattr(config, key)
+            for key in ("objective", "num_particles", "held_out_samples", "batch_size")
+        }
+        | {key: getattr(config, key) for key in ("learning_rate", "seed")},
         "data": {
             "source": splits.source,
             "train_images": splits.train.shape[0],
@@ -180,6 +186,8 @@ def check_settings(folder: Path, config: pvae.Config, vae: pvae.VAE, splits: Spl
         path.write_text(json.dumps(record, indent=2) + "\n")
         return
     saved = json.loads(path.read_text())
+    # Rows started before the validation IWAE existed were all judged by the ELBO.
+    saved.setdefault("training", {}).setdefault("held_out_samples", 1)
     differ = [
         (f"{part}.{key}", value, saved.get(part, {}).get(key))
         for part in _FIXED
@@ -220,9 +228,10 @@ def train_row(row: Row, config: pvae.Config, vae: pvae.VAE, splits: Splits, fold
     bound = "ELBO" if row.objective == "elbo" else f"IWAE_{row.k}"
 
     def say_epoch(stats: pvae.EpochStats) -> None:
+        iwae = "" if stats.held_out_iwae is None else f", {bound} {stats.held_out_iwae:9.2f}"
         print(
             f"{row.name}  epoch {stats.epoch:4d}  train {bound} {stats.train_bound:9.2f}  "
-            f"validation ELBO {stats.held_out_elbo:9.2f}  ({stats.seconds:.1f} s, load "
+            f"validation ELBO {stats.held_out_elbo:9.2f}{iwae}  ({stats.seconds:.1f} s, load "
             f"{os.getloadavg()[0]:.2f})",
             flush=True,
         )

@@ -217,9 +217,12 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
                 logger.writer.add_scalar("held_out/kl", kl, stats.epoch)
         if logger is not None:
             logger(stats)
+        iwae = ""
+        if stats.held_out_iwae is not None:
+            iwae = f"  IWAE_{config.held_out_samples} {stats.held_out_iwae:9.2f}"
         say(
             f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
-            f"held-out {held_out_name} {stats.held_out_elbo:9.2f}{terms}  "
+            f"held-out {held_out_name} {stats.held_out_elbo:9.2f}{terms}{iwae}  "
             f"({stats.seconds:.1f} s){weight}",
             flush=True,
         )
@@ -255,8 +258,9 @@ def _keep_best(result: FitResult, vae: VAE, out: Path, say) -> None:
         best = load_checkpoint(best_checkpoint_path(out / "checkpoint.pt"))
         vae.load_state_dict(best["model"])
         say(
-            f"evaluating epoch {result.best_epoch}, the best held-out ELBO "
-            f"({result.best_held_out_elbo:.2f}), kept in {out / 'best.pt'}"
+            f"evaluating epoch {result.best_epoch}, the best held-out "
+            f"{result.held_out_bound_name} ({result.best_held_out_bound:.2f}), kept in "
+            f"{out / 'best.pt'}"
         )
 
 

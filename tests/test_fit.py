@@ -41,7 +41,7 @@ def test_training_on_real_digits_improves_the_held_out_elbo(digits, tmp_path):
     assert held[-1] > held[0] + 30
     assert result.num_steps == 8 * 10
     lines = (tmp_path / "history.csv").read_text().splitlines()
-    assert lines[0] == "epoch,train_bound,held_out_elbo,seconds" and len(lines) == 9
+    assert lines[0] == "epoch,train_bound,held_out_elbo,seconds,held_out_iwae" and len(lines) == 9
 
 
 def test_elbo_equals_the_hand_computed_likelihood_term_minus_closed_form_kl():

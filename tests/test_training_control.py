@@ -46,7 +46,7 @@ def test_patience_stops_after_epochs_without_a_better_held_out_elbo_and_keeps_th
         on_epoch_end=lambda s: snapshots.update({s.epoch: copy.deepcopy(vae.state_dict())}),
     )
     elbos = [s.held_out_elbo for s in result.history]
-    assert result.best_held_out_elbo == max(elbos)
+    assert result.best_held_out_bound == max(elbos) and result.held_out_bound_name == "ELBO"
     assert result.best_epoch == elbos.index(max(elbos)) + 1
     assert result.stopped_early and len(elbos) < 40  # this seed's run stops
     assert len(elbos) - result.best_epoch == 2  # exactly patience epochs without improving
@@ -59,7 +59,7 @@ def test_patience_stops_after_epochs_without_a_better_held_out_elbo_and_keeps_th
 
 def test_patience_needs_held_out_data_and_best_pt_is_not_a_checkpoint_name(tmp_path):
     vae = new_vae()
-    with pytest.raises(ValueError, match="patience stops on the held-out ELBO: pass held_out="):
+    with pytest.raises(ValueError, match="patience stops on the held-out bound: pass held_out="):
         pvae.fit(vae.model, vae.guide, TRAIN, num_epochs=1, patience=3)
     with pytest.raises(ValueError, match="must not be named best.pt"):
         pvae.fit(

@@ -1,7 +1,8 @@
 """What changes from epoch to epoch in :func:`pvae.fit`: the learning rate, and whether to stop.
 
 Learning-rate schedules are torch's (``torch.optim.lr_scheduler``), stepped once per epoch
-and restored exactly on resume; early stopping watches the held-out ELBO.
+and restored exactly on resume; early stopping watches the held-out bound (the ELBO, or
+IWAE_K with fit's ``held_out_samples=K``).
 
 Example::
 
@@ -40,7 +41,7 @@ def make_lr_scheduler(
     num_epochs: int,
 ):
     """A scheduler stepped after every epoch: ``"plateau"`` (ReduceLROnPlateau on the held-out
-    ELBO, else the training bound; default factor 0.5, patience 5), ``"cosine"``
+    bound, else the training bound; default factor 0.5, patience 5), ``"cosine"``
     (CosineAnnealingLR over ``num_epochs``), ``"step"`` (StepLR, default ``step_size`` 30,
     ``gamma`` 0.1), or ``schedule(optimizer)`` for any other; ``options`` are the keyword
     arguments of the torch class."""
@@ -63,37 +64,41 @@ def make_lr_scheduler(
         raise ValueError(f"lr_schedule_options for {schedule!r}: {error}") from None
 
 
-def step_lr_scheduler(scheduler, held_out_elbo: float | None, train_bound: float) -> None:
+def step_lr_scheduler(scheduler, held_out_bound: float | None, train_bound: float) -> None:
     if scheduler is None:
         return
     if isinstance(scheduler, lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(held_out_elbo if held_out_elbo is not None else train_bound)
+        scheduler.step(held_out_bound if held_out_bound is not None else train_bound)
     else:
         scheduler.step()
 
 
 @dataclasses.dataclass
 class EarlyStopping:
-    """The best held-out ELBO so far and how many epochs have passed without improving on it.
+    """The best held-out bound so far and how many epochs have passed without improving on it.
+
+    The bound is the ELBO (``held_out_samples`` 1) or IWAE_K (``held_out_samples`` K), so
+    that a checkpoint says which one its best epoch was chosen by.
 
     Example::
 
         >>> stopping = EarlyStopping(patience=1)
-        >>> [stopping.update(epoch, elbo) for epoch, elbo in enumerate([-5.0, -4.0, -4.5], 1)]
+        >>> [stopping.update(epoch, bound) for epoch, bound in enumerate([-5.0, -4.0, -4.5], 1)]
         [True, True, False]
         >>> stopping.should_stop, stopping.best_epoch
         (True, 2)
     """
 
     patience: int | None = None
-    best_elbo: float = -math.inf
+    best_bound: float = -math.inf
     best_epoch: int = 0
     stale_epochs: int = 0
+    held_out_samples: int = 1
 
-    def update(self, epoch: int, held_out_elbo: float) -> bool:
-        """Record an epoch's held-out ELBO; True when it is the best so far."""
-        if held_out_elbo > self.best_elbo:
-            self.best_elbo, self.best_epoch, self.stale_epochs = held_out_elbo, epoch, 0
+    def update(self, epoch: int, held_out_bound: float) -> bool:
+        """Record an epoch's held-out bound; True when it is the best so far."""
+        if held_out_bound > self.best_bound:
+            self.best_bound, self.best_epoch, self.stale_epochs = held_out_bound, epoch, 0
             return True
         self.stale_epochs += 1
         return False
@@ -102,5 +107,18 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.patience is not None and self.stale_epochs >= self.patience
 
+    @property
+    def bound_name(self) -> str:
+        return "ELBO" if self.held_out_samples == 1 else f"IWAE_{self.held_out_samples}"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any], **changes) -> EarlyStopping:
+        """What :meth:`to_dict` wrote, checkpoints from before ``held_out_samples`` included
+        (their bound was the ELBO, kept as ``best_elbo``)."""
+        saved = dict(saved)
+        if "best_elbo" in saved:
+            saved["best_bound"] = saved.pop("best_elbo")
+        return cls(**{**saved, **changes})

@@ -25,7 +25,8 @@ class TrainConfig:
     ``learning_rate`` (Adam), ``objective`` (see :data:`pvae.objectives.OBJECTIVES`),
     ``num_particles``, ``seed`` (None: from Pyro's global seed), ``clip_norm``,
     ``precision`` (see :mod:`pvae.precision`), ``patience`` (stop after this many epochs
-    without a better held-out ELBO) and ``lr_schedule`` with ``lr_schedule_options`` (see
+    without a better held-out bound), ``held_out_samples`` (K of that bound: 1 is the ELBO,
+    K > 1 IWAE_K) and ``lr_schedule`` with ``lr_schedule_options`` (see
     :func:`pvae.infer.schedules.make_lr_scheduler`)."""
 
     num_epochs: int = 10
@@ -37,18 +38,19 @@ class TrainConfig:
     clip_norm: float | None = None
     precision: str = "float32"
     patience: int | None = None
+    held_out_samples: int = 1
     lr_schedule: str | None = None
     lr_schedule_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> TrainConfig:
         """Raise a one-line ``ValueError`` naming the setting that is wrong; returns ``self``."""
-        for name in ("num_epochs", "batch_size", "num_particles"):
+        for name in ("num_epochs", "batch_size", "num_particles", "held_out_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.num_epochs < 0:
             raise ValueError(f"num_epochs must be ≥ 0, got {self.num_epochs}")
-        for name in ("batch_size", "num_particles"):
+        for name in ("batch_size", "num_particles", "held_out_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -30,6 +30,8 @@ class TensorBoardLogger:
         self.writer.add_scalar("train/bound", stats.train_bound, stats.epoch)
         if stats.held_out_elbo is not None:
             self.writer.add_scalar("held_out/elbo", stats.held_out_elbo, stats.epoch)
+        if stats.held_out_iwae is not None:
+            self.writer.add_scalar("held_out/iwae", stats.held_out_iwae, stats.epoch)
         self.writer.add_scalar("epoch/seconds", stats.seconds, stats.epoch)
         self.writer.flush()
 

@@ -26,6 +26,7 @@ from pvae.infer.device import resolve_device
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.evaluate import elbo_of_checked_data
 from pvae.infer.fast_elbo import ReparameterizedELBO
+from pvae.infer.iwae import log_likelihood
 from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.infer.plates import trace_pair
 from pvae.infer.precision import autocast, matmul_precision
@@ -39,12 +40,15 @@ from pvae.infer.training_state import StopRequests, restore_parameters, rng_stat
 @dataclasses.dataclass
 class EpochStats:
     """One epoch, in nats per datapoint: the training objective's bound averaged over the
-    epoch's minibatches (the ELBO, or IWAE_K for ``"iwae"``/``"dreg"``) and the held-out ELBO."""
+    epoch's minibatches (the ELBO, or IWAE_K for ``"iwae"``/``"dreg"``), the held-out ELBO and,
+    with fit's ``held_out_samples=K`` (K > 1), the held-out IWAE_K (the ELBO is then the mean
+    log-weight of the same K draws)."""
 
     epoch: int
     train_bound: float
     held_out_elbo: float | None
     seconds: float
+    held_out_iwae: float | None = None
 
 
 @dataclasses.dataclass
@@ -54,8 +58,9 @@ class FitResult:
     history: list[EpochStats]
     optimizer: torch.optim.Optimizer
     num_steps: int
-    best_epoch: int = 0  # the epoch of the best held-out ELBO (0: no held-out data)
-    best_held_out_elbo: float | None = None
+    best_epoch: int = 0  # the epoch of the best held-out bound (0: no held-out data)
+    best_held_out_bound: float | None = None
+    held_out_bound_name: str = "ELBO"  # or IWAE_K, with held_out_samples=K
     stopped_early: bool = False  # by patience, before num_epochs
 
     def history_dicts(self) -> list[dict]:
@@ -195,6 +200,7 @@ def fit(
     device: str | torch.device | None = None,
     precision: str = "float32",
     patience: int | None = None,
+    held_out_samples: int = 1,
     lr_schedule: str | Callable | None = None,
     lr_schedule_options: dict[str, Any] | None = None,
     more_epochs: int | None = None,
@@ -232,7 +238,8 @@ def fit(
             ``"dreg"`` (the same bound, doubly reparameterized gradients). The last three
             need every site in the data plate; the reported train figure is then the
             objective's own bound.
-        held_out: data evaluated after each epoch (mean per-datapoint ELBO, nats).
+        held_out: data evaluated after each epoch (mean per-datapoint ELBO, nats; and
+            IWAE_K with ``held_out_samples``).
         clip_norm: clip the gradients' total norm to this value each step.
         csv_path: file that gets one row per epoch.
         checkpoint_path: written atomically after every epoch, and when SIGINT/SIGTERM
@@ -256,9 +263,15 @@ def fit(
         precision: ``"float32"`` (exact, the default), ``"tf32"`` (TensorFloat-32 matrix
             products on GPUs that have it) or ``"bfloat16"`` (model and guide under
             ``torch.autocast``); see :mod:`pvae.precision`.
-        patience: stop when the held-out ELBO has not improved for this many epochs (needs
-            ``held_out``). With ``held_out`` and ``checkpoint_path``, the best epoch's
+        patience: stop when the held-out bound has not improved for this many epochs
+            (needs ``held_out``). With ``held_out`` and ``checkpoint_path``, the best epoch's
             checkpoint is kept as ``best.pt`` next to the last one.
+        held_out_samples: K of the held-out bound that ``patience``, ``best.pt`` and the
+            plateau schedule watch: 1 is the ELBO (one draw per datapoint); K > 1 is IWAE_K
+            (:func:`pvae.log_likelihood`, every site in the data plate), the bound that
+            ``"iwae"``/``"dreg"`` maximize and that Burda et al. (2016) select on. Its draws
+            come from the same seed every epoch (common random numbers: epochs differ by
+            their weights, not by their noise) and leave the training's random numbers alone.
         lr_schedule: ``"plateau"``, ``"cosine"``, ``"step"`` or a function of the optimizer
             returning a ``torch.optim.lr_scheduler`` scheduler, stepped after each epoch and
             checkpointed; ``lr_schedule_options`` are its keyword arguments
@@ -304,6 +317,7 @@ def fit(
             checkpoint_extra=checkpoint_extra,
             precision=precision,
             patience=patience,
+            held_out_samples=held_out_samples,
             lr_schedule=lr_schedule,
             lr_schedule_options=dict(lr_schedule_options or {}),
             more_epochs=more_epochs,
@@ -426,8 +440,27 @@ class _Run:
                 "checkpoint is kept under that name next to it"
             )
         if settings.patience is not None and held_out is None:
-            raise ValueError("patience stops on the held-out ELBO: pass held_out= data too")
-        self.stopping = EarlyStopping(settings.patience)
+            raise ValueError("patience stops on the held-out bound: pass held_out= data too")
+        if settings.held_out_samples > 1:
+            self._check_held_out_iwae(held_out)
+        self.stopping = EarlyStopping(settings.patience, held_out_samples=settings.held_out_samples)
+
+    def _check_held_out_iwae(self, held_out) -> None:
+        """Refuse before any step what IWAE_K cannot score (e.g. a global latent)."""
+        if held_out is None:
+            raise ValueError(
+                f"held_out_samples={self.settings.held_out_samples} is the K of the held-out "
+                "IWAE bound: pass held_out= data too"
+            )
+        two_rows = tuple(t[:2] for t in held_out)
+        try:
+            _held_out_iwae(self.model, self.guide, two_rows, 2, False, self.device)
+        except ValueError as error:
+            raise ValueError(
+                f"held_out_samples={self.settings.held_out_samples} scores the held-out data "
+                f"by IWAE_K, which this model has none of: {error}; or keep "
+                "held_out_samples=1 (the held-out ELBO)"
+            ) from None
 
     def _check_data(self, first, held_out) -> None:
         # Floating training data were checked for NaN/Inf with the arguments. With a transform
@@ -486,9 +519,16 @@ class _Run:
         _restore_rng(saved["rng"], self.cluster, self.state)
         if self.lr_scheduler is not None and saved.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
-        self.stopping = EarlyStopping(
-            **{**saved.get("early_stopping", {}), "patience": self.settings.patience}
+        self.stopping = EarlyStopping.from_dict(
+            saved.get("early_stopping", {}), patience=self.settings.patience
         )
+        if self.stopping.held_out_samples != self.settings.held_out_samples:
+            raise ValueError(
+                f"the checkpoint chose its best epoch by the held-out "
+                f"{self.stopping.bound_name}, and this run asks for held_out_samples="
+                f"{self.settings.held_out_samples}: resume with held_out_samples="
+                f"{self.stopping.held_out_samples} (--held-out-samples), or start a new run"
+            )
         if self.settings.more_epochs is not None:
             self.num_epochs = self.state.epoch + self.settings.more_epochs
 
@@ -545,7 +585,8 @@ class _Run:
             optimizer=self.optimizer,
             num_steps=state.num_steps,
             best_epoch=self.stopping.best_epoch,
-            best_held_out_elbo=self.stopping.best_elbo if self.stopping.best_epoch else None,
+            best_held_out_bound=self.stopping.best_bound if self.stopping.best_epoch else None,
+            held_out_bound_name=self.stopping.bound_name,
             stopped_early=self.stopping.should_stop and state.epoch < self.num_epochs,
         )
 
@@ -560,7 +601,8 @@ class _Run:
         elif self.stopping.should_stop:
             warnings.warn(
                 f"nothing to train: the resumed run stopped early at epoch {self.state.epoch} "
-                f"(no better held-out ELBO for {self.stopping.stale_epochs} epochs; patience "
+                f"(no better held-out {self.stopping.bound_name} for "
+                f"{self.stopping.stale_epochs} epochs; patience "
                 f"{self.stopping.patience}); raise patience to go on",
                 stacklevel=4,
             )
@@ -645,18 +687,24 @@ class _Run:
                 f"training diverged: the loss became NaN/Inf during epoch {state.epoch + 1} "
                 f"(its {state.epoch_steps} steps are lost{kept}); " + _DIVERGENCE_HINTS
             )
-        held_out_elbo = None
-        if self.held_out is not None:
+        held_out_elbo = held_out_iwae = None
+        k = self.settings.held_out_samples
+        if self.held_out is not None and k > 1:
+            held_out_iwae, held_out_elbo = _held_out_iwae(
+                self.model, self.guide, self.held_out, k, self.cluster.active, self.device
+            )
+        elif self.held_out is not None:
             held_out_elbo = _held_out_elbo(
                 self.model, self.guide, self.held_out, self.cluster, self.device
             )
         state.epoch += 1
         state.order = None
-        stats = EpochStats(state.epoch, train_bound, held_out_elbo, seconds)
+        stats = EpochStats(state.epoch, train_bound, held_out_elbo, seconds, held_out_iwae)
         state.history.append(stats)
         self.log.append(stats)
-        step_lr_scheduler(self.lr_scheduler, held_out_elbo, train_bound)
-        improved = held_out_elbo is not None and self.stopping.update(state.epoch, held_out_elbo)
+        watched = held_out_iwae if k > 1 else held_out_elbo
+        step_lr_scheduler(self.lr_scheduler, watched, train_bound)
+        improved = watched is not None and self.stopping.update(state.epoch, watched)
         self.save()
         if improved and self.settings.checkpoint_path is not None:
             self.save(best_checkpoint_path(self.settings.checkpoint_path))
@@ -766,6 +814,26 @@ def _held_out_elbo(model, guide, tensors, cluster: Cluster, device: torch.device
         shard = tuple(t[start:end] for t in tensors)
         total += elbo_of_checked_data(model, guide, shard, 1000, 1, device) * (end - start)
     return cluster.sum_(total).item() / num_data
+
+
+# The held-out IWAE's draws: the same every epoch, and apart from the training's generators.
+_HELD_OUT_SEED = 20_160_000
+
+
+def _held_out_iwae(model, guide, tensors, k, distributed, device) -> tuple[float, float]:
+    """Mean per-datapoint held-out IWAE_K and the ELBO of the same draws."""
+    bound = log_likelihood(
+        model,
+        guide,
+        tensors,
+        k,
+        seed=_HELD_OUT_SEED,
+        max_log_weights=0,  # no k-hat each epoch: pvae.log_likelihood gives it at the end
+        distributed=distributed,
+        device=device,
+        progress=False,
+    )
+    return bound.mean, bound.elbo
 
 
 def _restore_rng(saved_rng, cluster: Cluster, state: _Progress) -> None:
