@@ -185,6 +185,13 @@ class Config(TrainConfig, Architecture):
                 f"term, which objective {self.objective!r} ignores: use objective "
                 f"{' or '.join(_SCALED_OBJECTIVES)}, or beta 1 and warmup_epochs 0"
             )
+        weighted = self.beta != 1 or self.warmup_epochs > 0 or self.adversarial
+        if self.held_out_samples > 1 and weighted:
+            raise ValueError(
+                f"held_out_samples = {self.held_out_samples} judges epochs by the held-out "
+                "IWAE bound on log p(x), which a weighted KL term (beta, warmup_epochs) or an "
+                "adversarial autoencoder does not have: keep held_out_samples 1"
+            )
         if self.digit is not None and not self.conditional:
             raise ValueError(
                 f"digit = {self.digit} draws a chosen class, which needs a conditional VAE: "

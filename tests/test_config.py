@@ -208,6 +208,18 @@ def test_config_round_trips_from_file_through_the_run_to_the_checkpoint(tmp_path
         assert (out / picture).stat().st_size > 0
 
 
+def test_the_example_judges_epochs_by_the_held_out_iwae_when_asked(tmp_path):
+    out = tmp_path / "out"
+    done = run_example(*TINY, "--held-out-samples", "3", "--out", str(out), tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch")]
+    assert len(epochs) == 2 and all("  IWAE_3 " in line for line in epochs)
+    header = (out / "history.csv").read_text().splitlines()[0]
+    assert header.endswith(",held_out_iwae")
+    best = pvae.load_checkpoint(out / "best.pt")
+    assert best["early_stopping"]["held_out_samples"] == 3
+
+
 def test_the_example_reports_a_bad_config_file_in_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("hidden_dim: 32\n")
     done = run_example("--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out"),
@@ -234,6 +246,7 @@ def example_module():
         (["--digit", "3"], "needs a conditional VAE: set conditional: true"),
         (["--prior", "laplace"], "config key 'prior': unknown prior 'laplace': choose one of"),
         (["--beta", "2", "--objective", "dreg"], "objective 'dreg' ignores"),
+        (["--beta", "2", "--held-out-samples", "5"], "which a weighted KL term"),
         (["--prior-options", "{k: 1"], "--prior-options is not valid YAML"),
         (["--prior", "mog", "--prior-options", "{k: 1}"], "prior 'mog' has no option 'k'"),
     ],
