@@ -9,7 +9,7 @@ once both have been scored on the same test images with the same K.
 
 Example::
 
-    >>> state = read_row(Path("/work/fashion-runs/1-layer-elbo"), patience=20,
+    >>> state = read_row(Path("benchmarks/fashion-runs/1-layer-elbo"), patience=20,
     ...                  max_epochs=1000, eval_samples=5000)  # doctest: +SKIP
     >>> state.status, state.epochs  # doctest: +SKIP
     ('in progress', 12)

@@ -152,6 +152,27 @@ def test_a_row_started_with_other_settings_is_not_continued(data_dir, tmp_path, 
         run(data_dir, tmp_path / "runs", rows=("1-layer-iwae-5",))
 
 
+def test_rows_are_judged_by_their_own_bound_and_older_rows_go_on_by_the_elbo(
+    data_dir, tmp_path, capsys, one_thread
+):
+    out = tmp_path / "runs"
+    run(data_dir, out, "--max-epochs", "2", rows=("1-layer-iwae-2",))
+    capsys.readouterr()
+    run(data_dir, out, "--max-epochs", "2", "--report", rows=("1-layer-iwae-2",))
+    saved = pvae.load_checkpoint(out / "1-layer-iwae-2" / "checkpoint.pt")
+    assert saved["early_stopping"]["held_out_samples"] == 2
+    best = max(stats["held_out_iwae"] for stats in saved["training"]["history"])
+    assert saved["early_stopping"]["best_bound"] == best
+    assert f"| IWAE_2 {best:.2f} |" in capsys.readouterr().out
+    # A row started before the validation IWAE existed: no such key in its settings.
+    run(data_dir, out, "--max-epochs", "1")
+    settings = out / "1-layer-elbo" / "settings.json"
+    settings.write_text(settings.read_text().replace('"held_out_samples": 1,', ""))
+    assert "held_out_samples" not in settings.read_text()
+    run(data_dir, out, "--max-epochs", "2")
+    assert pvae.load_checkpoint(out / "1-layer-elbo" / "checkpoint.pt")["epoch"] == 2
+
+
 def test_the_six_rows_and_their_comparisons():
     rows = driver.all_rows(5)
     assert [r.name for r in rows] == [
@@ -171,3 +192,7 @@ def test_the_six_rows_and_their_comparisons():
     config = driver.row_config(rows[-1], driver.parser().parse_args([]), Path("x"))
     assert (config.hierarchy, config.objective, config.num_particles) == ([100, 50], "dreg", 5)
     assert (config.batch_size, config.learning_rate, config.patience) == (100, 1e-3, 20)
+    assert config.held_out_samples == 5  # DReG-5's own bound, IWAE_5
+    assert (
+        driver.row_config(rows[0], driver.parser().parse_args([]), Path("x")).held_out_samples == 1
+    )
