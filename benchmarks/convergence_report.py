@@ -32,6 +32,24 @@ BEGIN = "<!-- fashion-convergence report -->"
 END = "<!-- /fashion-convergence report -->"
 DIVERGED = "diverged.txt"
 SETTINGS = "settings.json"
+# What the report needs of a finished row's checkpoint.pt, kept without its weights: the
+# repository keeps this for finished rows (with settings, history and test bounds), and the
+# checkpoints only for rows that still train.
+TRAINING = "training.json"
+
+
+def training_record(saved: dict) -> dict:
+    """The parts of a checkpoint of fit that the report reads (no weights)."""
+    keys = ("epoch", "early_stopping", "cpu_seconds", "wall_seconds")
+    return {key: saved.get(key) for key in keys} | {
+        "epoch_seconds": [stats["seconds"] for stats in saved["training"]["history"]]
+    }
+
+
+def write_training_record(folder: Path) -> None:
+    """training.json from the row's checkpoint.pt (once the row has finished)."""
+    record = training_record(pvae.load_checkpoint(folder / "checkpoint.pt"))
+    (folder / TRAINING).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def result_name(eval_samples: int) -> str:
@@ -70,9 +88,12 @@ def read_row(folder: Path, patience: int, max_epochs: int, eval_samples: int) ->
     name = folder.name
     if (folder / DIVERGED).exists():
         return RowState(name, "diverged", note=(folder / DIVERGED).read_text().strip())
-    if not (folder / "checkpoint.pt").exists():
+    if (folder / "checkpoint.pt").exists():
+        saved = training_record(pvae.load_checkpoint(folder / "checkpoint.pt"))
+    elif (folder / TRAINING).exists():
+        saved = json.loads((folder / TRAINING).read_text())
+    else:
         return RowState(name, "not started")
-    saved = pvae.load_checkpoint(folder / "checkpoint.pt")
     stopping = EarlyStopping.from_dict(saved["early_stopping"], patience=patience)
     status = "in progress"
     if saved["epoch"] >= max_epochs:
@@ -88,7 +109,7 @@ def read_row(folder: Path, patience: int, max_epochs: int, eval_samples: int) ->
         validation_bound_name=stopping.bound_name,
         stale_epochs=stopping.stale_epochs,
         started=json.loads((folder / SETTINGS).read_text()).get("started", ""),
-        epoch_seconds=[stats["seconds"] for stats in saved["training"]["history"]],
+        epoch_seconds=saved["epoch_seconds"],
         cpu_seconds=saved.get("cpu_seconds"),
         wall_seconds=saved.get("wall_seconds"),
     )

@@ -15,8 +15,10 @@ images are scored in chunks of ``--eval-chunk`` (chunk i with seed i, the same f
 each saved when done.
 
 Each row lives in ``--out/ROW`` (default: benchmarks/fashion-runs/ROW, in the repository):
-settings.json, history.csv, checkpoint.pt (every epoch), best.pt, test_iwae5000.pt
-(per-image bounds, ELBO, k̂, ESS and the time taken). Running the
+settings.json, history.csv, checkpoint.pt (every epoch), best.pt, training.json (once the
+row has finished: what the report needs of its checkpoint) and test_iwae5000.pt (per-image
+bounds, ELBO, k̂, ESS and the time taken). The repository keeps a finished row without its
+two checkpoints (5 MB each); a row still training keeps them, to go on. Running the
 same command again continues every unfinished row from its checkpoint (on the CPU bit for bit
 as if uninterrupted) and skips finished ones; rows run one after another (``--rows`` picks
 them), and the report follows. Nothing depends on wall-clock limits: pausing the process
@@ -49,6 +51,7 @@ from convergence_report import (
     report_lines,
     result_name,
     write_section,
+    write_training_record,
 )
 
 import pvae
@@ -335,13 +338,22 @@ def run_row(row: Row, splits: Splits, args: argparse.Namespace) -> None:
     vae = pvae.build_vae(**config.model_args(splits.train.shape[1], splits.image_shape))
     check_settings(folder, config, vae, splits)
     state = _state(folder, args)
+    if state.status == "in progress" and not (folder / "checkpoint.pt").exists():
+        raise ValueError(
+            f"{folder} keeps only the record of a finished row (its checkpoints were not "
+            f"kept), and --patience {args.patience} / --max-epochs {args.max_epochs} ask for "
+            "more epochs: train the row again into another --out"
+        )
     if state.status == "in progress" or state.status == "not started":
         print(f"{row.name}: training from epoch {state.epochs} into {folder}", flush=True)
         train_row(row, config, vae, splits, folder)
         state = _state(folder, args)
     if not state.finished:
         print(f"{row.name}: {state.status}, not scored", flush=True)
-    elif state.test is None:
+        return
+    if (folder / "checkpoint.pt").exists():
+        write_training_record(folder)
+    if state.test is None:
         evaluate_row(row, folder, splits.test, args, state.best_epoch)
     else:
         print(f"{row.name}: finished ({state.status}) and scored, skipped", flush=True)

@@ -75,6 +75,15 @@ def test_a_second_call_continues_the_row_and_a_third_skips_it(
     assert result["best_epoch"] == resumed["early_stopping"]["best_epoch"]
     assert result["per_datapoint"].shape == (10,) and result["test_images"] == 10
 
+    # Kept without its checkpoints (as the repository keeps finished rows): still reported
+    # and skipped, and asking for more epochs is refused rather than starting it afresh.
+    for name in ("checkpoint.pt", "best.pt"):
+        (out / "1-layer-elbo" / name).unlink()
+    run(data_dir, out, "--max-epochs", "2")
+    assert "1-layer-elbo: finished (max epochs) and scored, skipped" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="keeps only the record of a finished row"):
+        run(data_dir, out, "--max-epochs", "3")
+
 
 def test_an_interrupted_evaluation_keeps_its_chunks_and_gives_the_same_numbers(
     data_dir, tmp_path, monkeypatch, one_thread
