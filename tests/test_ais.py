@@ -56,7 +56,14 @@ def test_ais_converges_where_iwae_100_is_more_than_a_nat_off():
     iwae = log_likelihood(model.model, model.guide, x, 100, seed=0)
     assert (exact - iwae.per_datapoint).mean() > 1
     result = pvae.ais(model.model, model.guide, x, 200, num_chains=32, leapfrog_steps=4, seed=1)
-    assert abs((exact - result.per_datapoint).mean()) < 0.1, result.summary()
+    # Within three standard errors of the mean (delta method, from the chains' ESS) plus
+    # 0.05 nats for the bias of 200 steps. A fixed 0.1 was 1.3 standard errors, so it passed
+    # or failed with the CPU's rounding (on an AVX-512 machine: 0.109). Seeds 1-5 there gave
+    # 0.11, -0.03, 0.24, 0.07 and 0.00 with standard errors 0.07-0.09; IWAE_100 is 15.9 off.
+    standard_error = monte_carlo_error(result).pow(2).mean().sqrt() / math.sqrt(x.shape[0])
+    error = (exact - result.per_datapoint).mean()
+    assert standard_error < 0.1, result.summary()
+    assert abs(error) < 3 * standard_error + 0.05, (error, standard_error, result.summary())
     assert "AIS 200 steps, 32 chains from the guide" in result.summary()
 
 
