@@ -369,12 +369,19 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     heading = (
         f"Report of {now} (`python benchmarks/fashion_convergence.py --report` on "
-        f"{args.out}; patience {args.patience}, at most {args.max_epochs} epochs):"
+        f"{_shown(Path(args.out))}; patience {args.patience}, at most {args.max_epochs} "
+        "epochs):"
     )
     print("\n".join([heading, "", *lines]))
     if args.write_results:
         write_section(Path(args.results_file), heading, lines)
         print(f"wrote the report into {args.results_file}")
+
+
+def _shown(folder: Path) -> str:
+    """The folder as the report names it: relative to the repository when inside it."""
+    root, resolved = RUNS.parent.parent, folder.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(folder)
 
 
 def main(args: argparse.Namespace) -> None:
