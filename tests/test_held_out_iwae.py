@@ -8,27 +8,28 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from test_training_control import (
+    TRAIN,
+    X_DIM,
+    assert_best_pt_holds_the_best_epoch,
+    assert_same_weights,
+    new_vae,
+    rows,
+    weights_each_epoch,
+)
 
 import pvae
 from pvae.infer.schedules import EarlyStopping
 
-X_DIM, K = 6, 4
-
-
-def rows(n, seed):
-    return torch.bernoulli(
-        torch.full((n, X_DIM), 0.3), generator=torch.Generator().manual_seed(seed)
-    )
-
-
-TRAIN, HELD_OUT = rows(64, 0), rows(40, 1)
+K = 4
+HELD_OUT = rows(40, 1)
 OPTIONS = dict(batch_size=16, learning_rate=0.05, seed=0, objective="iwae", num_particles=K)
 
 
-def new_vae():
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    return pvae.build_vae(X_DIM, 2, [8])
+def fit_judged_by_iwae(vae, k=K, **options):
+    """IWAE-K training on TRAIN, judged by the held-out IWAE_k on HELD_OUT."""
+    options = {**OPTIONS, "held_out": HELD_OUT, "held_out_samples": k, **options}
+    return pvae.fit(vae.model, vae.guide, TRAIN, **options)
 
 
 def test_the_held_out_iwae_is_log_likelihoods_on_each_epochs_weights():
@@ -41,16 +42,7 @@ def test_the_held_out_iwae_is_log_likelihoods_on_each_epochs_weights():
         )
         expected.append((stats.held_out_iwae, stats.held_out_elbo, bound.mean, bound.elbo))
 
-    pvae.fit(
-        vae.model,
-        vae.guide,
-        TRAIN,
-        num_epochs=3,
-        held_out=HELD_OUT,
-        held_out_samples=K,
-        on_epoch_end=score,
-        **OPTIONS,
-    )
+    fit_judged_by_iwae(vae, num_epochs=3, on_epoch_end=score)
     for iwae, elbo, reference_iwae, reference_elbo in expected:
         assert iwae == reference_iwae and elbo == reference_elbo
         assert iwae > elbo  # K draws: IWAE_K above their mean log-weight
@@ -58,28 +50,20 @@ def test_the_held_out_iwae_is_log_likelihoods_on_each_epochs_weights():
 
 def test_best_pt_and_patience_follow_the_held_out_iwae(tmp_path):
     vae = new_vae()
-    snapshots = {}
-    result = pvae.fit(
-        vae.model,
-        vae.guide,
-        TRAIN,
+    snapshots, snapshot = weights_each_epoch(vae)
+    result = fit_judged_by_iwae(
+        vae,
         num_epochs=60,
-        held_out=HELD_OUT,
-        held_out_samples=K,
         patience=3,
         checkpoint_path=tmp_path / "checkpoint.pt",
-        on_epoch_end=lambda s: snapshots.update({s.epoch: copy.deepcopy(vae.state_dict())}),
-        **OPTIONS,
+        on_epoch_end=snapshot,
     )
     bounds = [s.held_out_iwae for s in result.history]
     assert result.held_out_bound_name == f"IWAE_{K}"
     assert result.best_held_out_bound == max(bounds)
     assert result.best_epoch == bounds.index(max(bounds)) + 1
     assert result.stopped_early and len(bounds) - result.best_epoch == 3
-    best = pvae.load_checkpoint(tmp_path / "best.pt")
-    assert best["epoch"] == result.best_epoch
-    for name, value in snapshots[result.best_epoch].items():
-        assert torch.equal(best["model"][name], value), name
+    assert_best_pt_holds_the_best_epoch(tmp_path, result, snapshots)
 
 
 def test_the_held_out_iwae_draws_nothing_from_the_training_generators():
@@ -88,44 +72,24 @@ def test_the_held_out_iwae_draws_nothing_from_the_training_generators():
     weights = []
     for k in (K, 2 * K):
         vae = new_vae()
-        pvae.fit(
-            vae.model,
-            vae.guide,
-            TRAIN,
-            num_epochs=3,
-            held_out=HELD_OUT,
-            held_out_samples=k,
-            **OPTIONS,
-        )
+        fit_judged_by_iwae(vae, k, num_epochs=3)
         weights.append(copy.deepcopy(vae.state_dict()))
-    for name, value in weights[0].items():
-        assert torch.equal(weights[1][name], value), name
+    assert_same_weights(weights[1], weights[0])
 
 
 def test_a_resumed_run_goes_on_bit_for_bit_and_refuses_another_bound(tmp_path):
-    options = dict(OPTIONS, held_out=HELD_OUT, held_out_samples=K, patience=20)
     vae = new_vae()
-    whole = pvae.fit(vae.model, vae.guide, TRAIN, num_epochs=4, **options)
+    whole = fit_judged_by_iwae(vae, num_epochs=4, patience=20)
     reference = copy.deepcopy(vae.state_dict())
-    vae = new_vae()
     path = tmp_path / "c.pt"
-    pvae.fit(vae.model, vae.guide, TRAIN, num_epochs=2, checkpoint_path=path, **options)
+    fit_judged_by_iwae(new_vae(), num_epochs=2, patience=20, checkpoint_path=path)
     vae = new_vae()
-    resumed = pvae.fit(vae.model, vae.guide, TRAIN, num_epochs=4, resume=path, **options)
+    resumed = fit_judged_by_iwae(vae, num_epochs=4, patience=20, resume=path)
     assert [s.held_out_iwae for s in resumed.history] == [s.held_out_iwae for s in whole.history]
     assert resumed.best_epoch == whole.best_epoch
-    for name, value in reference.items():
-        assert torch.equal(vae.state_dict()[name], value), name
-    vae = new_vae()
+    assert_same_weights(vae.state_dict(), reference)
     with pytest.raises(ValueError, match=f"by the held-out IWAE_{K}, and this run asks for "):
-        pvae.fit(
-            vae.model,
-            vae.guide,
-            TRAIN,
-            num_epochs=4,
-            resume=path,
-            **dict(options, held_out_samples=1),
-        )
+        fit_judged_by_iwae(new_vae(), 1, num_epochs=4, patience=20, resume=path)
 
 
 def test_a_checkpoint_from_before_the_held_out_iwae_reads_as_chosen_by_the_elbo():

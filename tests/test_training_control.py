@@ -29,9 +29,26 @@ def new_vae():
     return pvae.build_vae(X_DIM, 2, [8])
 
 
+def weights_each_epoch(vae):
+    """Epoch -> the VAE's weights after it, and the ``on_epoch_end`` that fills it in."""
+    snapshots = {}
+    return snapshots, lambda s: snapshots.update({s.epoch: copy.deepcopy(vae.state_dict())})
+
+
+def assert_same_weights(weights, reference):
+    for name, value in reference.items():
+        assert torch.equal(weights[name], value), name
+
+
+def assert_best_pt_holds_the_best_epoch(folder, result, snapshots):
+    best = pvae.load_checkpoint(folder / "best.pt")
+    assert best["epoch"] == result.best_epoch
+    assert_same_weights(best["model"], snapshots[result.best_epoch])
+
+
 def test_patience_stops_after_epochs_without_a_better_held_out_elbo_and_keeps_the_best(tmp_path):
     vae = new_vae()
-    snapshots = {}
+    snapshots, snapshot = weights_each_epoch(vae)
     result = pvae.fit(
         vae.model,
         vae.guide,
@@ -43,17 +60,14 @@ def test_patience_stops_after_epochs_without_a_better_held_out_elbo_and_keeps_th
         patience=2,
         seed=0,
         checkpoint_path=tmp_path / "checkpoint.pt",
-        on_epoch_end=lambda s: snapshots.update({s.epoch: copy.deepcopy(vae.state_dict())}),
+        on_epoch_end=snapshot,
     )
     elbos = [s.held_out_elbo for s in result.history]
     assert result.best_held_out_bound == max(elbos) and result.held_out_bound_name == "ELBO"
     assert result.best_epoch == elbos.index(max(elbos)) + 1
     assert result.stopped_early and len(elbos) < 40  # this seed's run stops
     assert len(elbos) - result.best_epoch == 2  # exactly patience epochs without improving
-    best = pvae.load_checkpoint(tmp_path / "best.pt")
-    assert best["epoch"] == result.best_epoch
-    for name, value in snapshots[result.best_epoch].items():
-        assert torch.equal(best["model"][name], value), name
+    assert_best_pt_holds_the_best_epoch(tmp_path, result, snapshots)
     assert pvae.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == len(elbos)
 
 
@@ -89,8 +103,7 @@ def test_a_resumed_run_continues_the_schedule_and_stopping_bit_for_bit(tmp_path,
     resumed = pvae.fit(vae.model, vae.guide, TRAIN, resume=path, more_epochs=3, **options)
     assert [s.held_out_elbo for s in resumed.history] == [s.held_out_elbo for s in whole.history]
     assert resumed.optimizer.param_groups[0]["lr"] == whole.optimizer.param_groups[0]["lr"]
-    for name, value in reference.items():
-        assert torch.equal(vae.state_dict()[name], value), name
+    assert_same_weights(vae.state_dict(), reference)
 
 
 def test_a_learning_rate_schedule_of_ones_own_and_a_bad_name():
