@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional
 
 from pvae.infer.checkpoint import package_version, save_checkpoint
+from pvae.infer.evaluation_mode import in_evaluation
 from pvae.infer.param_store import register_module
 from pvae.infer.plates import PARTICLE_PLATE
 from pvae.models.custom_parts import record_custom_parts
@@ -56,9 +57,9 @@ class VAE(nn.Module):
       CoNLL 2016; Sønderby et al., "Ladder VAE", NeurIPS 2016), a schedule
       (:class:`pvae.models.kl_warmup.KLWarmup`) that ``fit`` drives and checkpoints when
       given ``epoch_schedules=[vae.kl_warmup]``; training a warm-up that nothing advances
-      is refused. The weight applies only while gradients are computed (training steps):
-      every evaluation (the held-out ELBO of ``fit``, :func:`pvae.estimate_elbo`,
-      :func:`pvae.log_likelihood`, all gradient-free) sees the model itself, beta = 1.
+      is refused. The weight applies only to training steps: every evaluation (the
+      held-out bounds of ``fit``, :func:`pvae.estimate_elbo`, :func:`pvae.log_likelihood`,
+      :func:`pvae.ais`, :func:`pvae.bdmc`) sees the model itself, beta = 1.
       The train figure ``fit`` reports is the weighted objective. Only the ELBO objectives
       (``"elbo"``, ``"meanfield"``) honour per-site scales; the importance-weighted ones
       raise an error when w != 1.
@@ -180,7 +181,9 @@ class VAE(nn.Module):
         self.kl_warmup.set_epoch(epochs)
 
     def _kl_scale(self):
-        if not torch.is_grad_enabled():
+        # Bounds on log p(x) are bounds on the model itself, beta = 1: gradient-free
+        # estimators, and AIS/BDMC, which take gradients of the latents only.
+        if not torch.is_grad_enabled() or in_evaluation():
             return contextlib.nullcontext()
         self.kl_warmup.check_driven()
         weight = self.kl_weight
