@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pvae.infer.checkpoint import load_checkpoint
-from pvae.models.custom_parts import import_custom_parts
+from pvae.infer.checkpoint import check_entries, check_finite, load_checkpoint, shown
+from pvae.models.custom_parts import CustomParts, check_custom_parts
 from pvae.models.guides import make_guide
 from pvae.models.hierarchical import build_hierarchical_vae
 from pvae.models.likelihoods import make_likelihood
@@ -137,46 +138,100 @@ def _build(config: ModelConfig) -> VAE:
 def vae_state(vae: VAE, **extra: Any) -> dict[str, Any]:
     """The checkpoint dictionary of a VAE made by :func:`pvae.build_vae`, plus ``extra`` entries.
 
-    Parts a user registered (a likelihood class of their own, ...) are named with the module
-    that defines them (``custom_parts``), which :func:`load_vae` imports.
+    Parts a user registered (a likelihood class of their own, ...) are recorded by name and
+    class (``custom_parts``), which :func:`load_vae` checks against what is registered where
+    it loads.
     """
     return {**vae.checkpoint_state(), **extra}
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    custom_parts: CustomParts | None = None,
+) -> VAE:
     """The VAE saved in a checkpoint (by :meth:`pvae.VAE.save` or :func:`pvae.fit`).
+
+    ``custom_parts``: the user's classes the checkpoint names (see :func:`load_vae`).
 
     Example::
 
         >>> vae = pvae.load("runs/mnist_svi/best.pt")  # doctest: +SKIP
+        >>> vae = pvae.load("runs/mine/best.pt", custom_parts=[MyLikelihood])  # doctest: +SKIP
     """
-    return load_vae(path, device)[0]
+    return load_vae(path, device, custom_parts)[0]
 
 
-def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, dict[str, Any]]:
+def load_vae(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    custom_parts: CustomParts | None = None,
+) -> tuple[VAE, dict[str, Any]]:
     """Rebuild the VAE saved in a checkpoint; returns it with the whole checkpoint dictionary.
 
-    A part registered by a user is imported from the module the checkpoint names (see
-    :mod:`pvae.models.custom_parts`), which must be importable here.
+    The checkpoint names its parts; each must be registered in this process: pvae's own,
+    one the user's code registered (``LIKELIHOODS["mine"] = MyLikelihood``), or one of
+    ``custom_parts`` (classes, or a mapping of names to classes), registered here under the
+    checkpoint's names. Nothing a file names is imported (see
+    :mod:`pvae.models.custom_parts`); a damaged file is one ``ValueError`` naming it.
 
     Example::
 
         >>> vae, state = load_vae("runs/mnist/checkpoint.pt")  # doctest: +SKIP
+        >>> vae, state = load_vae("runs/mine.pt", custom_parts=[MyLikelihood])  # doctest: +SKIP
     """
     state = load_checkpoint(path)
-    if not state.get("model_args"):
+    model_args = checked_model_args(state, path, custom_parts)
+    check_entries(state, str(path), {"model": dict[str, torch.Tensor]})
+    check_finite(state["model"], f"{path}'s model")
+    try:
+        vae = build_vae(**model_args)
+    except (ValueError, RuntimeError) as error:  # RuntimeError: sizes too large to allocate
+        raise ValueError(f"{path}: cannot build the VAE of its model_args: {error}") from None
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path} does not match the architecture it declares: {_first_mismatch(error)}"
+        ) from error
+    return vae.to(device), state
+
+
+def checked_model_args(
+    state: dict[str, Any], path: str | Path, custom_parts: CustomParts | None = None
+) -> dict[str, Any]:
+    """A checkpoint's ``model_args``, each of the type :func:`build_vae` takes, whose parts
+    are registered here (with ``custom_parts``; see :func:`load_vae`): else one ``ValueError``
+    naming ``path``.
+
+    Example::
+
+        >>> checked_model_args({"model_args": {"x_dim": 4, "prior": "mog"}}, "c.pt")
+        {'x_dim': 4, 'prior': 'mog'}
+    """
+    model_args = state.get("model_args")
+    if model_args is None or (isinstance(model_args, Mapping) and not model_args):
         raise ValueError(
             f"{path} holds no VAE architecture (model_args): it is a checkpoint of a model "
             "that pvae.build_vae did not make (a hand-written model/guide, say). Rebuild the "
             "model in code and take its parameters from pvae.load_checkpoint(path)['params'], "
             "or resume it with pvae.fit(..., resume=path)"
         )
-    import_custom_parts(state.get("custom_parts", {}), str(path))
-    vae = build_vae(**state["model_args"])
-    try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as error:
+    types = typing.get_type_hints(ModelConfig)
+    check_entries(model_args, f"{path}'s model_args", {"x_dim": int}, types)
+    unknown = [key for key in model_args if key not in types]
+    if unknown:
+        key = repr(unknown[0]) if isinstance(unknown[0], str) else shown(unknown[0])
         raise ValueError(
-            f"{path} does not match the architecture it declares: {str(error).splitlines()[0]}"
-        ) from error
-    return vae.to(device), state
+            f"{path}'s model_args hold {key}, which this pvae's build_vae does not "
+            "take: the file is damaged, or was written by a newer pvae (upgrade pvae)"
+        )
+    check_custom_parts(model_args, state.get("custom_parts"), str(path), custom_parts)
+    return model_args
+
+
+def _first_mismatch(error: RuntimeError) -> str:
+    """The first line of torch's ``load_state_dict`` error that names a tensor (its first
+    line only says that there are errors)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[1] if len(lines) > 1 else lines[0] if lines else "its weights differ"
