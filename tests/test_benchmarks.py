@@ -9,6 +9,7 @@ from test_data import make_idx_dir
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = {
+    "check_cost.py": ["--tiny"],
     "ais.py": [
         "--num-data",
         "6",

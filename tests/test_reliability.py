@@ -82,9 +82,10 @@ class InterruptAt:
 def test_a_signal_stops_after_the_step_saves_and_resume_is_bit_exact(tmp_path, signum):
     vae_full, full = train(3, seed=7)
     path = tmp_path / "c.pt"
-    # Batch 1 is fit's first-batch check; batch 9 is step 3 of epoch 2 (5 steps per epoch).
+    # Calls 1 and 2 are fit's checks (the first batch, then every row); call 10 is step 3 of
+    # epoch 2 (5 steps per epoch).
     with pytest.raises(pvae.TrainingInterrupted) as stopped:
-        train(3, seed=7, checkpoint_path=path, transform=InterruptAt(9, signum))
+        train(3, seed=7, checkpoint_path=path, transform=InterruptAt(10, signum))
     assert (stopped.value.epoch, stopped.value.step, stopped.value.checkpoint) == (2, 3, path)
     assert signal.Signals(signum).name in str(stopped.value)
     assert signal.getsignal(signum) is not None  # handlers restored

@@ -14,13 +14,32 @@ import torch
 HELD_OUT_SEED = 0
 
 
+def holds_bytes(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds 8-bit values that pvae scales to [0, 1] (``x / 255``): ``uint8``
+    with a value above 1. A ``uint8`` table of 0s and 1s is binary data as it is, and other
+    integer dtypes are counts or 0/1 tables, never bytes.
+
+    Example::
+
+        >>> holds_bytes(torch.tensor([0, 255], dtype=torch.uint8)), holds_bytes(torch.ones(2))
+        (True, False)
+    """
+    return x.dtype == torch.uint8 and bool((x > 1).any())
+
+
 def _check_unit_interval(x: torch.Tensor) -> None:
-    low, high = x.min().item(), x.max().item()
+    low, high = x.min().item(), x.max().item()  # bools compare as 0 and 1
     if low < 0 or high > 1:
         raise ValueError(
             f"binarization needs grey levels in [0, 1], got values in [{low:g}, {high:g}]: "
             "divide 8-bit images by 255 first"
         )
+
+
+def _probabilities(x: torch.Tensor) -> torch.Tensor:
+    # torch draws Bernoulli numbers from floating probabilities only: a bool or 0/1 integer
+    # table (checked in [0, 1]) is one, in torch's default dtype; the model's comes after.
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
 
 def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
@@ -30,12 +49,14 @@ def binarize(x: torch.Tensor, seed: int | None = None) -> torch.Tensor:
 
         >>> binarize(torch.tensor([[0.0, 1.0, 0.5]]), seed=0).shape
         torch.Size([1, 3])
+        >>> binarize(torch.tensor([[False, True]])).tolist()  # bools and 0/1 integers too
+        [[0.0, 1.0]]
     """
     _check_unit_interval(x)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.bernoulli(x, generator=generator)
+    return torch.bernoulli(_probabilities(x), generator=generator)
 
 
 class DynamicBinarization:
@@ -52,7 +73,7 @@ class DynamicBinarization:
     """
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(x)
+        return torch.bernoulli(_probabilities(x))
 
     def check_data(self, x: torch.Tensor) -> None:
         _check_unit_interval(x)

@@ -22,8 +22,9 @@ def estimate_elbo(
     chunks of ``batch_size`` and nothing is dropped. Sites outside the ``"data"`` plate (global
     latents) would be counted once per chunk: this is a per-datapoint figure for models whose
     latents are all local, as a VAE's are. With ``device``, chunks are copied there first
-    (data in host memory, networks on the GPU). The data are checked first as training data
-    are (:func:`pvae.infer.checks.check_model_data`); enumerated discrete latents are summed out
+    (data in host memory, networks on the GPU). The data are checked, every row, and converted
+    to the model's dtype first, as training data are
+    (:func:`pvae.infer.checks.check_model_data`); enumerated discrete latents are summed out
     (TraceEnum_ELBO).
 
     Example::
@@ -33,7 +34,7 @@ def estimate_elbo(
     """
     tensors = as_tensors(data)
     device = tensors[0].device if device is None else torch.device(device)
-    check_model_data(model, guide, tensors, device)
+    tensors = check_model_data(model, guide, tensors, device)
     return elbo_of_checked_data(model, guide, tensors, batch_size, num_particles, device)
 
 

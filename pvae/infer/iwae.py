@@ -30,6 +30,7 @@ from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import connect
 from pvae.infer.estimates import PerDatapointEstimate
+from pvae.infer.evaluation_mode import evaluation_mode
 from pvae.infer.log_weights import (
     enumerating,
     full_value,
@@ -131,7 +132,9 @@ def log_likelihood(
     refused with a ``ValueError`` naming the site. Model latents marked
     ``infer={"enumerate": "parallel"}`` are summed out of each weight exactly. The data are
     checked first (:func:`pvae.infer.checks.check_model_data`): NaN/Inf and values outside the
-    support of the model's observed sites are refused.
+    support of the model's observed sites, in any row, are refused; the data are converted
+    to the model's floating dtype (float64 numpy arrays, booleans, 0/1 integers; see
+    :func:`pvae.infer.sources.as_model_dtype`).
 
     Exactly K particles are used per datapoint, evaluated ``particle_chunk`` particles x
     ``data_chunk`` datapoints at a time, and combined by a streaming logsumexp in float64.
@@ -175,14 +178,9 @@ def log_likelihood(
     start, end = cluster.rows(num_data, multiple=_DATA_BLOCK)
     show = progress if progress is not None else progress_enabled()
     bar = tqdm(total=end - start, unit="datapoint", disable=not (show and cluster.is_main))
-    with (
-        bar,
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        torch.no_grad(),
-        pyro.validation_enabled(False),
-    ):
+    with bar, evaluation_mode(device):
         # Inside fork_rng: a given seed leaves the global generator alone.
-        check_model_data(model, guide, tensors, device)
+        tensors = check_model_data(model, guide, tensors, device)
         nesting = inspect_model(model, guide, *rows_on(tensors, 0, 2, device))
         shard = _score_rows(
             model,

@@ -8,6 +8,11 @@ usually fit). :func:`training_source` keeps what ``fit`` trains on where it is: 
 (:class:`DatasetBatches`, e.g. ``ImageFolder`` with a transform: images are loaded as
 minibatches need them) or a ``DataLoader`` iterated once per epoch (:class:`LoaderBatches`,
 iterable datasets larger than memory included).
+
+:func:`as_model_dtype` puts the observed data (the first tensor; labels stay integers) in the
+model's floating dtype where that keeps their meaning: floating data of any precision (numpy's
+float64 included), booleans and integer 0/1 tables; other integers (8-bit images pass ``fit`` a
+``transform``), complex numbers and text are refused with what to do.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ _READ_CHUNK = 1024
 
 def _tensor(value, name: str) -> torch.Tensor:
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OUSVM":  # objects, text, bytes, records, dates
+            raise ValueError(
+                f"{name} is a numpy array of {value.dtype} values: pvae models numbers; drop "
+                "the text columns and convert, e.g. np.asarray(x, dtype=np.float32)"
+            )
         return torch.from_numpy(value)  # no copy
     if isinstance(value, torch.Tensor):
         return value
@@ -33,7 +43,10 @@ def _tensor(value, name: str) -> torch.Tensor:
 def _collated(items, name: str) -> tuple[torch.Tensor, ...]:
     """A dataset's items (a tensor or a tuple such as (image, label)) as a tuple of tensors."""
     batch = items if isinstance(items, (tuple, list)) else (items,)
-    return tuple(_tensor(torch.as_tensor(t) if not torch.is_tensor(t) else t, name) for t in batch)
+    return tuple(
+        _tensor(t if isinstance(t, (torch.Tensor, np.ndarray)) else torch.as_tensor(t), name)
+        for t in batch
+    )
 
 
 def as_tensors(data, name: str = "data") -> tuple[torch.Tensor, ...]:
@@ -47,7 +60,10 @@ def as_tensors(data, name: str = "data") -> tuple[torch.Tensor, ...]:
     if isinstance(data, TensorDataset):
         return tuple(data.tensors)
     if isinstance(data, DataLoader):
-        batches = [_collated(batch, name) for batch in data]
+        # Iterating draws the loader's base seed from torch's generator: reading the data
+        # must not shift the random numbers of what follows.
+        with torch.random.fork_rng(devices=[]):
+            batches = [_collated(batch, name) for batch in data]
         return tuple(torch.cat(parts) for parts in zip(*batches, strict=True))
     if isinstance(data, Dataset):
         return DatasetBatches(data, name).read_all()
@@ -124,6 +140,88 @@ class LoaderBatches:
     def epoch(self):
         for batch in self.loader:
             yield _collated(batch, "data")
+
+
+def as_model_dtype(
+    tensors: tuple[torch.Tensor, ...], dtype: torch.dtype | None, name: str = "data"
+) -> tuple[torch.Tensor, ...]:
+    """``tensors`` with the first, the data the model observes, in its floating ``dtype``.
+
+    Floating data of any precision, booleans and integer tables of 0/1 values are converted
+    (no copy when the dtype is right already); labels and the other tensors stay as they are.
+    Other integers, complex numbers, and values too large for ``dtype`` raise a ``ValueError``
+    that says what to do: 8-bit images are scaled, ``x.float() / 255``, or kept 8-bit in
+    memory with ``fit``'s ``transform``, whose output is converted instead. With ``dtype``
+    None (a model without parameters) floating data stay as given, the others take torch's
+    default dtype.
+
+    Example::
+
+        >>> as_model_dtype((torch.tensor([[0, 1]]), torch.tensor([3])), torch.float32)
+        (tensor([[0., 1.]]), tensor([3]))
+        >>> as_model_dtype((torch.tensor([[0, 7]]),), torch.float32)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: data holds integers other than 0 and 1 (7 at row 0, column 1): pass ...
+    """
+    return (_in_dtype(tensors[0], dtype, name),) + tuple(tensors[1:])
+
+
+def _in_dtype(x: torch.Tensor, dtype: torch.dtype | None, name: str) -> torch.Tensor:
+    if dtype is None:
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    if x.dtype == dtype:
+        return x
+    if x.is_complex():
+        raise ValueError(
+            f"{name} has complex values ({x.dtype}): pvae models real data; pass the part you "
+            "mean, e.g. x.real, x.abs() or torch.view_as_real(x) (real and imaginary columns)"
+        )
+    if x.is_floating_point():
+        largest = torch.finfo(dtype).max
+        if torch.finfo(x.dtype).max > largest:
+            too_large = (x.abs() > largest) & torch.isfinite(x)
+            if bool(too_large.any()):
+                raise ValueError(
+                    f"{name} has values beyond the largest {dtype} ({largest:g}), first at "
+                    f"{_where(too_large, x.shape)}: the model computes in {dtype}; rescale them"
+                )
+    elif x.dtype != torch.bool:
+        binary = (x == 0) | (x == 1)
+        if not bool(binary.all()):
+            where = _where(~binary, x.shape)
+            value = x.reshape(-1)[_first(~binary)].item()
+            raise ValueError(
+                f"{name} holds integers other than 0 and 1 ({value} at {where}): pass "
+                "floating-point data (x.float() for counts, x.float() / 255 for 8-bit "
+                "images), or keep 8-bit data in memory: pass transform=lambda batch: "
+                "batch.float() / 255 to fit"
+            )
+    return x.to(dtype)
+
+
+def _first(mask: torch.Tensor) -> int:
+    """The flat index of the first True in ``mask`` (which has one)."""
+    return int(mask.reshape(-1).to(torch.uint8).argmax())
+
+
+def _where(mask: torch.Tensor, shape) -> str:
+    """``row r, column c`` (or ``row r, index (...)``) of the first True in ``mask``."""
+    return describe_index(np.unravel_index(_first(mask), tuple(shape)))
+
+
+def describe_index(index) -> str:
+    """An index into a user's array, as they would look it up: ``row 17, column 4``.
+
+    Example::
+
+        >>> describe_index((17, 4)), describe_index((2, 0, 5, 5)), describe_index((3,))
+        ('row 17, column 4', 'row 2, index (0, 5, 5)', 'row 3')
+    """
+    row, *rest = (int(i) for i in index)
+    if not rest:
+        return f"row {row}"
+    return f"row {row}, column {rest[0]}" if len(rest) == 1 else f"row {row}, index {tuple(rest)}"
 
 
 def rows_on(tensors, start: int, end: int, device) -> tuple[torch.Tensor, ...]:

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import signal
 import time
+import typing
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,8 +21,22 @@ from tqdm.auto import tqdm
 from pvae.errors import TrainingDiverged, TrainingInterrupted
 from pvae.infer import param_store
 from pvae.infer.batches import DeviceBatches, HostBatches
-from pvae.infer.checkpoint import load_checkpoint, save_checkpoint
-from pvae.infer.checks import check_data, check_model_data, check_owner, check_support
+from pvae.infer.checkpoint import (
+    check_entries,
+    check_training_state,
+    check_training_state_fits,
+    load_checkpoint,
+    restoring,
+    save_checkpoint,
+)
+from pvae.infer.checks import (
+    check_data,
+    check_model_data,
+    check_owner,
+    check_rows,
+    model_dtype,
+    observed_sites,
+)
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.evaluate import elbo_of_checked_data
@@ -33,7 +48,14 @@ from pvae.infer.precision import autocast, matmul_precision
 from pvae.infer.progress import progress_enabled
 from pvae.infer.schedules import EarlyStopping, make_lr_scheduler, step_lr_scheduler
 from pvae.infer.settings import TrainConfig
-from pvae.infer.sources import DatasetBatches, LoaderBatches, as_tensors, training_source
+from pvae.infer.sources import (
+    DatasetBatches,
+    LoaderBatches,
+    as_model_dtype,
+    as_tensors,
+    rows_on,
+    training_source,
+)
 from pvae.infer.training_state import StopRequests, restore_parameters, rng_state, set_rng_state
 
 
@@ -68,8 +90,9 @@ class FitResult:
 
 
 def _check_tensors(tensors, transform) -> None:
-    # 8-bit images and the like are fine with a transform: their transformed rows are checked.
-    check_data(tensors[0], floating=transform is None)
+    # Of any dtype: data the model observes as given are converted to its dtype (or refused),
+    # 8-bit images and the like are fine with a transform (their transformed rows are checked).
+    check_data(tensors[0], floating=False)
     if transform is not None and hasattr(transform, "check_data"):
         transform.check_data(tensors[0])
     for i, tensor in enumerate(tensors[1:], start=1):
@@ -218,7 +241,11 @@ def fit(
     passed to ``model(*batch)``; minibatches are slices of it on its own device, where the
     networks must be too. ``transform`` is applied to the first tensor of each minibatch (e.g.
     :class:`pvae.data.DynamicBinarization`, or ``lambda b: b.float() / 255`` for 8-bit images
-    kept 8-bit in memory; every transformed row is checked once before training). ``data``
+    kept 8-bit in memory; every transformed row is checked once before training). The first
+    tensor reaches the model in its floating dtype (float64 numpy arrays, halves, booleans
+    and 0/1 integers are converted; a transform's output per minibatch; labels stay
+    integers; :func:`pvae.infer.sources.as_model_dtype`), and every row of tensor data and
+    ``held_out`` is checked against the support of the model's observed sites. ``data``
     may also be a map-style ``torch.utils.data.Dataset`` (e.g. ``ImageFolder`` with a
     transform; its items are read as minibatches need them, in fit's own order, so resuming
     stays exact) or a ``DataLoader`` (its own batches, order and workers; iterable datasets
@@ -288,7 +315,8 @@ def fit(
     Raises:
         ValueError: bad data or arguments, before any step.
         TrainingDiverged: the loss became NaN/Inf (checked once per epoch, so no step waits
-            for the host); the last checkpoint, from the last good epoch, is left intact.
+            for the host); the checkpoint of the last good epoch, if one was saved, is left
+            intact, and the message says which.
 
     Example::
 
@@ -331,7 +359,10 @@ def fit(
     )
     held_out = as_tensors(held_out, "held_out") if held_out is not None else None
     run.prepare(held_out, optimizer)
-    run.restore(load_checkpoint(resume) if isinstance(resume, (str, Path)) else resume)
+    if isinstance(resume, (str, Path)):
+        run.restore(load_checkpoint(resume), str(resume))
+    else:
+        run.restore(resume)
     return run.train()
 
 
@@ -348,10 +379,6 @@ class _Settings(TrainConfig):
     more_epochs: int | None
     num_data: int | None
     progress: bool | None
-
-
-# Rows transformed at a time when data of an integer dtype are checked (memory stays small).
-_CHECK_CHUNK = 4096
 
 
 class _Run:
@@ -385,6 +412,11 @@ class _Run:
     def _place_tensors(self, tensors, device) -> None:
         self.device = _training_device(tensors[0].device, device)
         _check_tensors(tensors, self.settings.transform)
+        # Data the model observes as given are held in its dtype (float64 from numpy, bools,
+        # 0/1 integers); with a transform they stay as they are (8-bit) until each minibatch.
+        self.dtype = model_dtype(self.model, self.guide, rows_on(tensors, 0, 2, self.device))
+        if self.settings.transform is None:
+            tensors = self.tensors = as_model_dtype(tensors, self.dtype)
         self.num_data = tensors[0].shape[0]
         if self.device == tensors[0].device:
             self.batches = DeviceBatches(tensors)
@@ -406,7 +438,10 @@ class _Run:
         if seed is not None or cluster.active:
             pyro.set_rng_seed(base_seed + cluster.rank)
         self.state = _Progress(seed=base_seed)
-        first = self._batch(self._first_rows())
+        rows = self._first_rows()
+        if self.tensors is None:  # a Dataset or DataLoader: its first rows tell the dtype
+            self.dtype = model_dtype(self.model, self.guide, rows)
+        first = self._batch(rows)
         self._check_data(first, held_out)
         with pyro.validation_enabled(True):
             traces = trace_pair(self.model, self.guide, *first)
@@ -442,7 +477,7 @@ class _Run:
         if settings.patience is not None and held_out is None:
             raise ValueError("patience stops on the held-out bound: pass held_out= data too")
         if settings.held_out_samples > 1:
-            self._check_held_out_iwae(held_out)
+            self._check_held_out_iwae(self.held_out)
         self.stopping = EarlyStopping(settings.patience, held_out_samples=settings.held_out_samples)
 
     def _check_held_out_iwae(self, held_out) -> None:
@@ -463,37 +498,42 @@ class _Run:
             ) from None
 
     def _check_data(self, first, held_out) -> None:
-        # Floating training data were checked for NaN/Inf with the arguments. With a transform
-        # (e.g. dynamic binarization) the model sees transformed batches: the transform
-        # checked its own input, and the first transformed batch stands for the rest; data of
-        # another dtype (8-bit images, say) are checked as transformed, chunk by chunk.
+        # Training data were checked for NaN/Inf with the arguments. The first rows' trace
+        # learns the model's observed sites (with the training's draws, as ever); then every
+        # row is checked as the model sees it: converted, or transformed chunk by chunk (a
+        # random transform's draws under a forked generator, so training's numbers stay).
         # A Dataset or DataLoader is checked on its first minibatch (it may not fit memory).
         transform = self.settings.transform
-        if self.tensors is None or (transform is not None and self.tensors[0].is_floating_point()):
+        if self.tensors is None:
             check_data(first[0], "the first minibatch")
             check_owner(self.model, first[0])
         elif transform is None:
             check_owner(self.model, self.tensors[0])
+        sites = observed_sites(self.model, self.guide, first)
+        if self.tensors is None:
+            check_rows(self.model, self.guide, sites, first, "data", self.device)
         else:
-            x = self.tensors[0]
-            # A random transform's draws here must not shift the training's random numbers.
-            devices = [x.device.index or 0] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                for start in range(0, self.num_data, _CHECK_CHUNK):
-                    rows = transform(x[start : start + _CHECK_CHUNK])
-                    name = f"data[{start}:{start + rows.shape[0]}] as transformed"
-                    check_data(rows, name)
-                    check_owner(self.model, rows, name)
-        check_support(self.model, self.guide, first)
+            check_rows(
+                self.model, self.guide, sites, self.tensors, "data", self.device, transform,
+                self.dtype,
+            )  # fmt: skip
         self.held_out = held_out
         if held_out is not None:
             name = "held-out data"
-            check_model_data(self.model, self.guide, held_out, self.device, name, min_dim=2)
+            self.held_out = check_model_data(
+                self.model, self.guide, held_out, self.device, name, min_dim=2
+            )
 
     def _batch(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        if self.tensors is None:  # read on the host
+        transform = self.settings.transform
+        if self.tensors is None:  # read on the host, where 0/1 integers are checked
+            if transform is None:
+                batch = as_model_dtype(batch, self.dtype, "a minibatch of data")
             batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
-        return _transformed(batch, self.settings.transform)
+        batch = _transformed(batch, transform)
+        # In the model's dtype after the transform (8-bit data stay 8-bit until here); a
+        # no-op for data converted already.
+        return (batch[0].to(self.dtype or batch[0].dtype),) + batch[1:]
 
     def _first_rows(self) -> tuple[torch.Tensor, ...]:
         size = self.settings.batch_size
@@ -503,25 +543,35 @@ class _Run:
             return self.batches.get(torch.arange(min(size, self.num_data)))
         return tuple(t[:size].to(self.device) for t in self.tensors)
 
-    def restore(self, saved: dict | None) -> None:
-        """Continue from a checkpoint of :func:`fit`: parameters, optimizer, progress, RNGs."""
+    def restore(self, saved: dict | None, source: str = "the checkpoint to resume from") -> None:
+        """Continue from a checkpoint of :func:`fit`: parameters, optimizer, progress, RNGs.
+
+        ``source`` (the checkpoint's path) begins every error about its contents."""
         if saved is None:
             return
-        if "training" not in saved:
-            raise ValueError("the checkpoint to resume from holds no training state (not from fit)")
+        self._check_saved(saved, source)
         saved_params = {k: v.to(self.device) for k, v in saved["params"].items()}
-        restore_parameters(self.params, saved_params)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.state = _Progress.from_dict(saved["training"])
-        if self.state.order is not None:
-            self.state.order = self.state.order.to(self.order_device)
-            self.state.loss_sum = self.state.loss_sum.to(self.device)
-        _restore_rng(saved["rng"], self.cluster, self.state)
+        try:
+            restore_parameters(self.params, saved_params)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+        check_training_state_fits(saved, source, self.optimizer, self.lr_scheduler, self.num_data)
+        with restoring(source, "optimizer"):
+            self.optimizer.load_state_dict(saved["optimizer"])
+        with restoring(source, "training"):
+            self.state = _Progress.from_dict(saved["training"])
+            if self.state.order is not None:
+                self.state.order = self.state.order.to(self.order_device)
+                self.state.loss_sum = self.state.loss_sum.to(self.device)
+        with restoring(source, "rng"):
+            _restore_rng(saved["rng"], self.cluster, self.state)
         if self.lr_scheduler is not None and saved.get("lr_scheduler") is not None:
-            self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
-        self.stopping = EarlyStopping.from_dict(
-            saved.get("early_stopping", {}), patience=self.settings.patience
-        )
+            with restoring(source, "lr_scheduler"):
+                self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        with restoring(source, "early_stopping"):
+            self.stopping = EarlyStopping.from_dict(
+                saved.get("early_stopping", {}), patience=self.settings.patience
+            )
         if self.stopping.held_out_samples != self.settings.held_out_samples:
             raise ValueError(
                 f"the checkpoint chose its best epoch by the held-out "
@@ -531,6 +581,17 @@ class _Run:
             )
         if self.settings.more_epochs is not None:
             self.num_epochs = self.state.epoch + self.settings.more_epochs
+
+    def _check_saved(self, saved: dict, source: str) -> None:
+        """One clear error now for what :meth:`restore` would choke on (a KeyError, a failed
+        step later), naming ``source``."""
+        check_training_state(saved, source)
+        history_types = typing.get_type_hints(EpochStats)  # dataclasses take any value
+        for stats in saved["training"]["history"]:
+            check_entries(stats, f"{source}'s training history", {}, history_types)
+        stopping_types = {**typing.get_type_hints(EarlyStopping), "best_elbo": float}
+        stopping = saved.get("early_stopping", {})
+        check_entries(stopping, f"{source}'s early_stopping", {}, stopping_types)
 
     def save(self, path: str | Path | None = None) -> None:
         """The checkpoint (or ``path``: the best epoch's), written by rank 0."""
@@ -559,6 +620,7 @@ class _Run:
     def train(self) -> FitResult:
         """Epochs until ``num_epochs`` in all (a resumed run counts those it resumed from)."""
         settings, state = self.settings, self.state
+        self.started_at = state.epoch, state.num_steps  # what a divergence leaves on disk
         self.param_list = list(self.params.values())
         self.flags = torch.zeros(1, device=self.device), torch.ones(1, device=self.device)
         self.log = _CsvLog(settings.csv_path if self.cluster.is_main else None, state.history)
@@ -681,11 +743,10 @@ class _Run:
         loss_total = self.cluster.sum_(state.loss_sum.clone())
         train_bound = -loss_total.item() / (state.epoch_steps * self.num_data)
         if not math.isfinite(train_bound):
-            path = self.settings.checkpoint_path
-            kept = f"; the checkpoint {path} from epoch {state.epoch} is intact" if path else ""
+            kept = _kept_checkpoint(self.settings.checkpoint_path, state.epoch, self.started_at)
             raise TrainingDiverged(
                 f"training diverged: the loss became NaN/Inf during epoch {state.epoch + 1} "
-                f"(its {state.epoch_steps} steps are lost{kept}); " + _DIVERGENCE_HINTS
+                f"(its {state.epoch_steps} steps are lost; {kept}); " + _DIVERGENCE_HINTS
             )
         held_out_elbo = held_out_iwae = None
         k = self.settings.held_out_samples
@@ -743,6 +804,18 @@ def _training_device(data_device: torch.device, device) -> torch.device:
             "minibatches from host memory only; move the data to the CPU or to the device"
         )
     return device
+
+
+def _kept_checkpoint(path, epoch: int, started_at: tuple[int, int]) -> str:
+    """What a divergence in epoch ``epoch + 1`` leaves, said truly: the checkpoint this call
+    saved at its last epoch's end, else the one it resumed from, else none."""
+    if path is None:
+        return "no checkpoint_path was given, so nothing was saved"
+    if epoch > started_at[0]:
+        return f"the checkpoint {path} from epoch {epoch} is intact"
+    if started_at[1] > 0:
+        return f"nothing was written to {path}: the checkpoint resumed from is unchanged"
+    return f"no checkpoint was written to {path}: the first comes at the end of epoch 1"
 
 
 def best_checkpoint_path(checkpoint_path: str | Path) -> Path:

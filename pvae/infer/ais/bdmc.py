@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro import poutine
 from tqdm.auto import tqdm
@@ -33,6 +32,7 @@ from pvae.infer.ais.estimator import (
 )
 from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
+from pvae.infer.evaluation_mode import evaluation_mode
 from pvae.infer.log_weights import full_value, sample_sites
 from pvae.infer.sources import rows_on
 
@@ -95,7 +95,8 @@ def bdmc(
 ) -> BidirectionalBounds:
     """Sandwich log p(x) on ``num_data`` datapoints simulated from the model (Grosse et al.).
 
-    ``data`` (a tensor or tuple, as for :func:`pvae.infer.ais.ais`) are real rows that the
+    ``data`` (in any form :func:`pvae.infer.ais.ais` takes; checked, every row, and converted
+    to the model's dtype as there) are real rows that the
     simulation starts from: the model is run on them with its observed site sampled instead of
     observed (``poutine.uncondition``), so only their shape counts, and any other tensors
     (the labels of a conditional model) are kept; rows are cycled up to ``num_data`` (default:
@@ -121,12 +122,8 @@ def bdmc(
         raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
     data_chunk = _data_chunk(data_chunk, settings, device)
     rows = torch.arange(num_data) % tensors[0].shape[0]
-    with (
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        torch.no_grad(),
-        pyro.validation_enabled(False),
-    ):
-        check_model_data(model, guide, tensors, device)
+    with evaluation_mode(device):
+        tensors = check_model_data(model, guide, tensors, device)
         problem = inspect_latents(model, guide, rows_on(tensors, 0, 2, device))
         template = tuple(t[rows].to(device) for t in tensors)
         _seed(settings.seed, -2, 0, 0)

@@ -40,9 +40,10 @@ from pvae.infer.checks import check_model_data
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import connect
 from pvae.infer.estimates import PerDatapointEstimate
+from pvae.infer.evaluation_mode import evaluation_mode
 from pvae.infer.log_weights import full_value, sample_sites
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model, trace_pair
-from pvae.infer.sources import rows_on
+from pvae.infer.sources import as_tensors, rows_on
 
 INITS = ("guide", "prior")
 # Chains x datapoints per model call by default: a few hundred MB for an MNIST-sized decoder.
@@ -146,16 +147,17 @@ def ais(
 ) -> AnnealedLogLikelihood:
     """AIS estimate of log p(x) for every datapoint, with HMC transitions (Wu et al., 2017).
 
-    Takes any model/guide pair :func:`pvae.log_likelihood` accepts (``data`` a tensor or a
-    tuple of tensors passed as ``model(*batch)``; every site in ``pyro.plate("data", ...)``;
-    enumerated discrete model latents summed out exactly), with continuous latents: HMC moves
-    them in their unconstrained space (``biject_to`` of the model's supports). ``num_steps``
+    Takes any model/guide pair :func:`pvae.log_likelihood` accepts (``data`` in its forms: a tensor,
+    numpy array or tuple of those passed as ``model(*batch)``, a ``Dataset`` or ``DataLoader``;
+    checked, every row, and converted to the model's dtype; every site in ``pyro.plate("data",
+    ...)``; enumerated discrete model latents summed out exactly), with continuous latents: HMC
+    moves them in their unconstrained space (``biject_to`` of the model's supports). ``num_steps``
     annealing steps (``schedule`` ``"sigmoid"`` or ``"linear"``) from the guide q(z|x)
     (``init="guide"``) or the prior (``init="prior"``) to the posterior, each with one HMC
-    transition of ``leapfrog_steps`` leapfrog steps, for ``num_chains`` chains per datapoint.
-    Step sizes start at ``step_size`` and are adapted per datapoint toward
-    ``target_acceptance`` on ``adaptation_chains`` separate chains, so that the estimate
-    stays unbiased (module docstring; ``adaptation_chains=0`` keeps ``step_size`` fixed).
+    transition of ``leapfrog_steps`` leapfrog steps, for ``num_chains`` chains per datapoint. Step
+    sizes start at ``step_size`` and are adapted per datapoint toward ``target_acceptance`` on
+    ``adaptation_chains`` separate chains, so that the estimate stays unbiased (module docstring;
+    ``adaptation_chains=0`` keeps ``step_size`` fixed).
 
     Work is done ``data_chunk`` datapoints x ``chain_chunk`` chains at a time (memory is set by
     the chunk); a given ``seed`` gives the same numbers for the same chunk sizes, and leaves
@@ -181,12 +183,8 @@ def ais(
     num_data = tensors[0].shape[0]
     # Each process takes whole data chunks, so that every chunk gets the draws of one process.
     start, end = cluster.rows(num_data, multiple=data_chunk)
-    with (
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-        torch.no_grad(),
-        pyro.validation_enabled(False),
-    ):
-        check_model_data(model, guide, tensors, device)
+    with evaluation_mode(device):
+        tensors = check_model_data(model, guide, tensors, device)
         problem = inspect_latents(model, guide, rows_on(tensors, 0, 2, device))
         shard = _score_rows(problem, settings, tensors, start, end, data_chunk, device, progress)
     shards = cluster.gather_objects(shard)
@@ -370,8 +368,8 @@ def make_settings(
 
 
 def _data_tensors(data) -> tuple[torch.Tensor, ...]:
-    tensors = tuple(data) if isinstance(data, (tuple, list)) else (data,)
-    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+    tensors = as_tensors(data)
+    if not tensors:
         raise ValueError("data must be a tensor or a tuple of tensors of datapoints")
     if tensors[0].dim() == 0 or tensors[0].shape[0] == 0:
         raise ValueError("data is empty: pass a tensor (or tuple of tensors) of datapoints")
