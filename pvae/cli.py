@@ -16,26 +16,41 @@ import math
 import sys
 import time
 import traceback
+import typing
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from pvae.config import Config
 from pvae.data import held_out_data, load_dataset, load_user_data
 from pvae.flags import add_setting_flags, given_settings
 from pvae.infer.ais import ais, bdmc
-from pvae.infer.checkpoint import load_checkpoint, package_version
+from pvae.infer.checkpoint import (
+    check_entries,
+    package_version,
+)
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import disconnect
 from pvae.infer.iwae import log_likelihood
 from pvae.models.factory import load_vae
-from pvae.runs import evaluation_rows, load_run_data, run_settings, train_run
+from pvae.runs import (
+    evaluation_rows,
+    load_run_data,
+    resumable_checkpoint,
+    run_folder_lock,
+    run_settings,
+    train_run,
+)
 from pvae.viz.plots import plot_khat, save_sample_grid
 
 # Prior draws decoded per batch by `pvae sample`: bounds memory for any --num-samples.
 _SAMPLE_BATCH = 10_000
 _GRID_SIZE = 100
+# The settings of a checkpoint's config that choose its held-out data.
+_DATA_KEYS = ("data", "held_out_fraction", "seed", "image_size", "dataset", "data_dir")
 
 
 @torch.no_grad()
@@ -88,7 +103,10 @@ def _evaluate_annealed(args: argparse.Namespace, vae, held_out) -> str:
 
 def _evaluation_data(args, vae, state) -> tuple[tuple, str]:
     """--data's rows, else the held-out set of the checkpoint's dataset or own data."""
+    check_entries(state, args.checkpoint, {}, {"config": dict[str, Any]})
     config = state.get("config", {})
+    hints = typing.get_type_hints(Config)
+    check_entries(config, f"{args.checkpoint}'s config", {}, {k: hints[k] for k in _DATA_KEYS})
     if args.data is not None:
         if getattr(vae, "num_classes", 0):
             raise ValueError("--data has no labels, which this conditional VAE needs")
@@ -110,7 +128,7 @@ def _evaluation_data(args, vae, state) -> tuple[tuple, str]:
 
 def train(args: argparse.Namespace) -> None:
     """Train a VAE on a file or folder of one's own data (the example's outputs)."""
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    checkpoint = resumable_checkpoint(args.resume) if args.resume else None
     given = given_settings(args)
     given.pop("data", None)  # the positional DATA, given or not
     if args.data is not None:
@@ -120,7 +138,8 @@ def train(args: argparse.Namespace) -> None:
     if checkpoint is None:
         given.setdefault("out", "runs/pvae_train")
     config = run_settings(given, args.config, checkpoint, args.resume)
-    train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
+    with run_folder_lock(config.out):  # before the data load: a second run stops at once
+        train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
 
 
 @torch.no_grad()
@@ -210,7 +229,8 @@ def _train_command(commands) -> None:
         "of images (grey or RGB; --image-size resizes). --held-out-fraction of the rows is "
         "held out; --patience stops early and best.pt keeps the best held-out epoch. Writes "
         "config.yaml, history.csv, checkpoint.pt, best.pt, elbo.png, khat.png (and samples and "
-        "reconstructions for images) into --out. For standardized real-valued features use "
+        "reconstructions for images) into --out, once every check has passed, and locks it "
+        "while it runs (a second run on it is refused). For standardized real-valued features use "
         "--likelihood normal (or student_t); for values in (0, 1), beta.",
         argument_default=argparse.SUPPRESS,
     )

@@ -17,9 +17,11 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -105,10 +107,10 @@ class Config(TrainConfig, Architecture):
         return plain and not (variant or weighted)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> Config:
+    def from_dict(cls, values: Mapping[str, Any], source: str | None = None) -> Config:
         """Check every key and value of ``values``; missing keys take their defaults.
 
-        ``source`` (e.g. the file's name) goes into error messages.
+        ``source`` (e.g. ``"config file run.yaml"``) begins every error message.
 
         Example::
 
@@ -119,8 +121,18 @@ class Config(TrainConfig, Architecture):
         """
         if not isinstance(values, Mapping):
             raise ValueError(
-                f"{source} must be a mapping of settings (key: value), got {type(values).__name__}"
+                f"{source or 'the config'} must be a mapping of settings (key: value), got "
+                f"{type(values).__name__}"
             )
+        try:
+            return cls._checked(values, source or "the config")
+        except ValueError as error:
+            if source is None or source in str(error):
+                raise
+            raise ValueError(f"{source}: {error}") from None
+
+    @classmethod
+    def _checked(cls, values: Mapping[str, Any], source: str) -> Config:
         hints = typing.get_type_hints(cls)
         fields = [field.name for field in dataclasses.fields(cls)]
         checked = {}
@@ -129,7 +141,8 @@ class Config(TrainConfig, Architecture):
                 close = difflib.get_close_matches(str(key), fields, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(
-                    f"unknown config key {key!r} in {source}{hint}; valid keys: {', '.join(fields)}"
+                    f"unknown config key {_shown(key)} in {source}{hint}; valid keys: "
+                    f"{', '.join(fields)}"
                 )
             checked[key] = _check_type(key, value, hints[key])
         config = cls(**checked)
@@ -237,10 +250,16 @@ def _matches(value, annotation) -> bool:
     return isinstance(value, annotation)
 
 
+# Values in messages: short and on one line, whatever a file holds (long lists, YAML aliases).
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_shown = _repr.repr
+
+
 def _check_type(key: str, value, annotation):
     if not _matches(value, annotation):
         raise ValueError(
-            f"config key {key!r} must be {_type_name(annotation)}, got {value!r} "
+            f"config key {key!r} must be {_type_name(annotation)}, got {_shown(value)} "
             f"({type(value).__name__})"
         )
     if annotation is float and isinstance(value, int):
@@ -249,7 +268,24 @@ def _check_type(key: str, value, annotation):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as the number it means."""
+    """YAML 1.1 reads ``1e-3`` as a string; this loader reads it as the number it means, and
+    refuses a key given twice (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {_shown(key)} is given twice (first on line {seen[key]}): "
+                        "keep one",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -279,18 +315,34 @@ def parse_yaml(text: str, source: str = "the text") -> Any:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        problem = getattr(error, "problem", None) or _first_line(error)
         raise ValueError(f"{source} is not valid YAML{where}: {problem}") from None
+    except Exception as error:  # a constructor's own: a date like 2024-02-30, deep nesting
+        raise ValueError(f"{source} is not valid YAML: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The raw mapping of a YAML config file (unchecked; an empty file is ``{}``)."""
+    """The raw mapping of a YAML config file (unchecked; an empty file is ``{}``).
+
+    The text is UTF-8 (or UTF-16 with a byte-order mark), as YAML requires: a file in
+    another encoding is refused rather than guessed at, since its strings are paths.
+
+    Example::
+
+        >>> read_config_file("examples/configs/beta_vae.yaml")["beta"]  # doctest: +SKIP
+        4.0
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as error:
         raise ValueError(f"cannot read config file {path}: {error.strerror or error}") from None
-    values = parse_yaml(text, f"config file {path}")
+    values = parse_yaml(_config_text(path, raw), f"config file {path}")
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -299,6 +351,24 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             f"{type(values).__name__}"
         )
     return values
+
+
+def _config_text(path: Path, raw: bytes) -> str:
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    if b"\x00" in raw and not utf16:
+        raise ValueError(
+            f"config file {path} is a binary file, not YAML text: give a text file of "
+            "settings, one 'key: value' per line"
+        )
+    try:
+        return raw.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        where = f"byte 0x{raw[error.start]:02x} on line {line}"
+        raise ValueError(
+            f"config file {path} is not {'UTF-16' if utf16 else 'UTF-8'} text ({where}): save "
+            "it as UTF-8"
+        ) from None
 
 
 def load_config(path: str | Path, **overrides: Any) -> Config:

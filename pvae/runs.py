@@ -6,7 +6,10 @@
 keeps the best held-out checkpoint, reports the held-out IWAE bound and writes into
 ``config.out``: ``config.yaml``, ``history.csv``, ``checkpoint.pt`` (and ``best.pt``),
 ``elbo.png``, ``khat.png`` and, for images, ``samples.png`` and ``reconstructions.png``.
-:func:`resume_settings` gives the settings of a resumed run from its checkpoint.
+Nothing is written before every check of the settings, data and model has passed, and a run
+holds a lock on its folder (:func:`run_folder_lock`) from its first write to its last, so
+that a second run on the same folder is refused at once. :func:`resume_settings` gives the
+settings of a resumed run from its checkpoint.
 
 Example::
 
@@ -16,32 +19,44 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import socket
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
+from filelock import FileLock, Timeout
 
 from pvae.config import Config, read_config_file, save_config
 from pvae.data import ImageData, held_out_data, load_dataset, load_user_data
+from pvae.data.transforms import holds_bytes
 from pvae.data.user_data import read_rows
-from pvae.infer.checkpoint import load_checkpoint
+from pvae.infer.checkpoint import check_training_state, load_checkpoint
 from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
 from pvae.infer.iwae import LogLikelihood, log_likelihood
+from pvae.infer.sources import as_model_dtype
 from pvae.infer.tensorboard import TensorBoardLogger
 from pvae.infer.train import FitResult, best_checkpoint_path, fit
-from pvae.models.factory import build_vae, vae_state
+from pvae.models.factory import build_vae, checked_model_args, vae_state
 from pvae.models.settings import ARCHITECTURE_KEYS, ModelConfig
 from pvae.models.vae import VAE
 from pvae.viz import plots
 
 # Settings a resumed run takes from its checkpoint: those that make the model and its data.
 _FIXED_ON_RESUME = (*ARCHITECTURE_KEYS, "conditional", "dataset", "data")
+# In a run's folder: the lock (an OS lock on the file, released when its process ends, even
+# killed: the file's existence means nothing), and who holds it, for the refusal's message.
+LOCK_FILE = ".pvae.lock"
+LOCK_INFO_FILE = ".pvae.lock.info"
+_HELD_FOLDERS: set[Path] = set()  # the run folders this process holds the lock of
 
 
 @dataclasses.dataclass
@@ -96,6 +111,20 @@ def resume_settings(checkpoint: Mapping[str, Any], path: str | Path, given: Mapp
     return values
 
 
+def resumable_checkpoint(path: str) -> dict:
+    """The checkpoint to resume a run from, checked before anything is written: what fit
+    needs, and a model whose parts are registered here (nothing the file names is imported).
+
+    Example::
+
+        >>> checkpoint = resumable_checkpoint("runs/mnist/checkpoint.pt")  # doctest: +SKIP
+    """
+    checkpoint = load_checkpoint(path)
+    check_training_state(checkpoint, path)
+    checked_model_args(checkpoint, path)
+    return checkpoint
+
+
 def run_settings(
     given: Mapping[str, Any],
     config_file: str | Path | None = None,
@@ -113,7 +142,9 @@ def run_settings(
     values = {**(read_config_file(config_file) if config_file else {}), **given}
     if checkpoint is not None:
         values = resume_settings(checkpoint, resume_path, values)
-    source = f"config file {config_file}" if config_file else "the flags"
+    source = None
+    if config_file:
+        source = f"config file {config_file}" + (" and the flags" if given else "")
     return Config.from_dict(values, source=source)
 
 
@@ -137,8 +168,10 @@ def train_run(
 
     ``data.train_x``/``test_x`` are rows of the values the likelihood models before its
     preparation (grey levels in [0, 1] for the Bernoulli one, binarized here); labels are
-    used by a conditional VAE. Nothing is written before ``resume`` (a loaded checkpoint)
-    is known to fit the model. Under torchrun rank 0 alone reports and writes.
+    used by a conditional VAE. Nothing in ``config.out`` is created or changed before the
+    model, ``resume`` (a loaded checkpoint) and the data have passed every check (fit's come
+    before its first write; config.yaml comes with the first checkpoint), and the run holds
+    the folder's lock throughout. Under torchrun rank 0 alone reports, locks and writes.
     """
     main_process = int(os.environ.get("RANK", "0")) == 0
     say = say or (print if main_process else _silent)
@@ -157,17 +190,87 @@ def train_run(
         f"from {data.source}; device {device}"
     )
     out = Path(config.out)
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-    if resume is None and hasattr(vae.prior, "initialize"):
-        _start_pseudo_inputs(vae.prior, train[0], say)
-    result = _train(config, vae, train, held_out, out, resume, say)
-    _keep_best(result, vae, out, say)
-    bound = _evaluate(config, vae, held_out, out, say, main_process)
-    if main_process:
-        _pictures(config, vae, held_out, image_shape, result, out, say)
+    with run_folder_lock(out):
+        if resume is None and hasattr(vae.prior, "initialize"):
+            _start_pseudo_inputs(vae.prior, train[0], say)
+        result = _train(config, vae, train, held_out, out, resume, say)
+        _keep_best(result, vae, out, say)
+        bound = _evaluate(config, vae, held_out, out, say, main_process)
+        if main_process:
+            _pictures(config, vae, held_out, image_shape, result, out, say)
     return RunResult(vae=vae, fit=result, bound=bound, out=out)
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: str | Path) -> Iterator[Path]:
+    """Hold the lock on the run folder ``out`` (made if missing), or refuse at once, naming
+    the run that holds it. The lock is the OS's on ``out/.pvae.lock``: it ends with its
+    process, even a killed one, so a crashed run's folder resumes without any clean-up. A
+    folder this call made is removed again if the run wrote nothing into it. A process that
+    holds the lock already goes on holding it (scripts lock before they load their data, so
+    that a second run stops at once; :func:`train_run` locks again); under torchrun rank 0
+    alone locks, as it alone writes.
+
+    Example::
+
+        >>> with run_folder_lock("runs/a"):  # doctest: +SKIP
+        ...     with run_folder_lock("runs/a"):
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        ValueError: runs/a is in use by another run (pvae train, pid 1234 on host, started ...
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder: give --out a folder for the run")
+    held = out.resolve()
+    if held in _HELD_FOLDERS or int(os.environ.get("RANK", "0")) != 0:
+        yield out
+        return
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(
+            f"{out} is in use by another run ({_lock_holder(out)}): wait for it to end, or "
+            "give another --out"
+        ) from None
+    info = out / LOCK_INFO_FILE
+    _HELD_FOLDERS.add(held)
+    try:
+        info.write_text(json.dumps(_this_process()))
+        yield out
+    finally:
+        _HELD_FOLDERS.discard(held)
+        info.unlink(missing_ok=True)
+        lock.release()
+        if made and all(p.name == LOCK_FILE for p in out.iterdir()):
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            out.rmdir()
+
+
+def _this_process() -> dict[str, Any]:
+    script = Path(sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c") else "python")
+    program = script.parent.name if script.name == "__main__.py" else script.name  # python -m
+    if program == "pvae" and len(sys.argv) > 1:
+        program = f"pvae {sys.argv[1]}"
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    return {
+        "program": program,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": started,
+    }
+
+
+def _lock_holder(out: Path) -> str:
+    try:
+        held = json.loads((out / LOCK_INFO_FILE).read_text())
+        return f"{held['program']}, pid {held['pid']} on {held['host']}, started {held['started']}"
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or by another version
+        return "its details are not known"
 
 
 def _silent(*args, **kwargs) -> None:
@@ -183,7 +286,7 @@ def _start_pseudo_inputs(prior, rows: torch.Tensor, say) -> None:
             "start at random (set prior_options num_components to at most the rows)"
         )
         return
-    prior.initialize(rows if rows.is_floating_point() else rows.float() / 255)
+    prior.initialize(rows.float() / 255 if holds_bytes(rows) else rows.float())
 
 
 def _prepared(data: ImageData, vae: VAE, conditional: bool, device) -> tuple[tuple, tuple]:
@@ -191,7 +294,9 @@ def _prepared(data: ImageData, vae: VAE, conditional: bool, device) -> tuple[tup
     held-out rows prepared once on the CPU (so every machine and ``pvae evaluate`` score the
     same ones), with labels for a conditional VAE."""
     train = (data.train_x.to(device),)
-    held_out = (held_out_data(data.test_x, vae.likelihood.data_form).to(device),)
+    x = held_out_data(data.test_x, vae.likelihood.data_form)
+    # The pictures and the per-epoch report run the VAE on these rows directly.
+    held_out = (as_model_dtype((x,), next(vae.parameters()).dtype, "held-out data")[0].to(device),)
     if conditional:
         train += (data.train_y.to(device),)
         held_out += (data.test_y.to(device),)
@@ -204,9 +309,12 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
     if config.adversarial:  # not an ELBO model: its figures are not bounds on log p(x)
         bound_name, held_out_name = "-loss", "log p(x|f(x))"
 
-    logger = TensorBoardLogger(config.tensorboard) if config.tensorboard else None
+    logger = None  # made at the first epoch's end: nothing is written before fit's checks
 
     def report(stats) -> None:
+        nonlocal logger
+        if logger is None and config.tensorboard:
+            logger = TensorBoardLogger(config.tensorboard)
         weight = f"  KL weight {vae.kl_weight:g}" if vae.kl_weight != 1 else ""
         terms = ""
         if not config.adversarial:  # the held-out ELBO's split, from draws of its own
@@ -228,7 +336,7 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
         )
 
     transform = vae.likelihood.train_transform()
-    if not train[0].is_floating_point():  # 8-bit images stay so in memory
+    if holds_bytes(train[0]):  # 8-bit images stay so in memory
         transform = _FromBytes(transform)
     started = time.perf_counter()
     result = fit(
@@ -240,7 +348,7 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
         held_out=held_out,
         csv_path=out / "history.csv",
         checkpoint_path=out / "checkpoint.pt",
-        checkpoint_extra=lambda: vae_state(vae, config=config.to_dict()),
+        checkpoint_extra=_state_and_config_file(vae, config, out),
         resume=resume,
         on_epoch_end=report,
         epoch_schedules=[vae.kl_warmup],
@@ -249,6 +357,22 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
         logger.close()
     say(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
     return result
+
+
+def _state_and_config_file(vae: VAE, config: Config, out: Path) -> Callable[[], dict]:
+    """fit's ``checkpoint_extra``: the VAE's state and the run's settings. The first
+    checkpoint writes config.yaml too: so config.yaml always describes the checkpoint next to
+    it, and a run that fit's checks refuse leaves the folder as it was."""
+    written = False
+
+    def state() -> dict:
+        nonlocal written
+        if not written:
+            save_config(config, out / "config.yaml")
+            written = True
+        return vae_state(vae, config=config.to_dict())
+
+    return state
 
 
 def _keep_best(result: FitResult, vae: VAE, out: Path, say) -> None:
@@ -325,7 +449,7 @@ def evaluation_rows(vae: VAE, path: str | Path, image_size=None) -> torch.Tensor
     """All rows of a data file or folder, as ``vae`` scores them (flattened, 8-bit images
     scaled to [0, 1], prepared for its likelihood as held-out data are)."""
     x, info = read_rows(path, image_size)
-    if info.is_image:
+    if holds_bytes(x):
         x = x.float() / 255
     if x.shape[1] != vae.model_args.get("x_dim", x.shape[1]):
         raise ValueError(

@@ -148,6 +148,37 @@ def test_unreadable_config_files_get_one_clear_error(tmp_path, text, match):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"PK\x03\x04\x14\x00\x00\x00", "bad.yaml is a binary file, not YAML text"),
+        ("# café\nz_dim: 3\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9 on line 1\)"),
+        (b"z_dim: 3\nbeta: 2\nz_dim: 4\n", r"line 3, column 1: key 'z_dim' is given twice"),
+        (b"a: {b: 1, b: 2}\n", "key 'b' is given twice"),
+        (b"3\n", "must hold a mapping of settings .key: value., got int"),
+        (b"seed: 2024-02-30\n", "bad.yaml is not valid YAML: day is out of range for month"),
+        (b"z_dim: twenty\n", "bad.yaml: config key 'z_dim' must be an integer, got 'twenty'"),
+        (b"z_dim: [" + b"1, " * 200 + b"1]\n", r"got \[1, 1, 1, 1, 1, 1, \.\.\.\] \(list\)"),
+    ],
+)
+def test_damaged_and_foreign_config_files_get_one_line_naming_the_file(tmp_path, content, match):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as error:
+        load_config(path)
+    assert "\n" not in str(error.value) and "bad.yaml" in str(error.value)
+
+
+def test_config_files_in_utf16_and_with_merge_keys_are_read(tmp_path):
+    (tmp_path / "utf16.yaml").write_bytes("z_dim: 3\n".encode("utf-16"))  # with a BOM
+    assert load_config(tmp_path / "utf16.yaml").z_dim == 3
+    (tmp_path / "merge.yaml").write_text(
+        "prior_options: &mog {num_components: 3}\nguide_options:\n  <<: {num_flows: 1}\n"
+        "  num_flows: 2\n"
+    )  # a merge key overridden is YAML, not a key given twice
+    assert read_config_file(tmp_path / "merge.yaml")["guide_options"] == {"num_flows": 2}
+
+
 def test_a_conv_network_for_flat_data_is_a_contradiction():
     config = Config.from_dict({"network": "conv"})
     with pytest.raises(ValueError, match="conv network needs image-shaped data"):

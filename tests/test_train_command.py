@@ -95,6 +95,13 @@ def test_a_failed_resume_writes_nothing(tmp_path):
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_nan_in_the_data_is_named_at_the_files_line_and_column(tmp_path, capsys):
+    (tmp_path / "x.csv").write_text("a,b\n" + "0,1\n" * 20 + "1,NaN\n")
+    assert main(["train", str(tmp_path / "x.csv"), "--out", str(tmp_path / "run")]) == 2
+    assert "x.csv, line 22, column 'b': 'NaN' is not a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_without_data_says_what_it_needs(capsys):
     assert main(["train", "-n", "1"]) == 2
     assert "pvae train needs DATA" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 Read with PIL, one file at a time, into one preallocated tensor: grey images give one
 channel, colour images three (RGB). What cannot become one tensor (images of different
-sizes, without ``resize``; 16-bit or floating-point images; files PIL cannot read) is
-refused with the file's name and what to do.
+sizes, without ``resize``; 16-bit or floating-point images; files PIL cannot read, damaged
+or truncated) is refused with the file's name and what to do. Hidden files (``.name``, such
+as the ``._name.png`` metadata that macOS copies next to each image) are not images.
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ _COLOUR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files in ``folder`` and its subfolders, sorted by their path in it."""
-    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    """The image files in ``folder`` and its subfolders, sorted by their path in it; hidden
+    ones (``.name``) left out."""
+    found = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         image = Image.open(path)
         image.load()
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"cannot read image {path} ({error}): remove or replace it") from None
+    except Exception as error:  # a damaged file surfaces as OSError, SyntaxError, ValueError...
+        raise _unreadable(path, error) from None
     if image.mode not in _GREY_MODES | _COLOUR_MODES:
         raise ValueError(
             f"image {path} has mode {image.mode!r} (16-bit or floating-point values): save "
@@ -94,12 +100,21 @@ def read_image_folder(folder: str | Path, resize=None) -> torch.Tensor:
     return images
 
 
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return ValueError(f"cannot read image {path} ({reason}): remove or replace it")
+
+
 def _pixels(path: Path, mode: str, size: tuple[int, int] | None) -> torch.Tensor:
     from PIL import Image
 
     with _open(path) as image:
-        converted = image.convert(mode)
-        if size is not None and converted.size != size[::-1]:
-            converted = converted.resize(size[::-1], Image.Resampling.BILINEAR)
-        array = np.array(converted, dtype=np.uint8)  # a copy: PIL's buffer is read-only
+        try:
+            converted = image.convert(mode)
+            if size is not None and converted.size != size[::-1]:
+                converted = converted.resize(size[::-1], Image.Resampling.BILINEAR)
+            array = np.array(converted, dtype=np.uint8)  # a copy: PIL's buffer is read-only
+        except Exception as error:
+            raise _unreadable(path, error) from None
     return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))

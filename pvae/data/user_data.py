@@ -10,13 +10,30 @@ import torch
 
 from pvae.data.datasets import ImageData
 from pvae.data.files import load_array
+from pvae.data.transforms import holds_bytes
+
+_EXACT_IN_FLOAT32 = 2**24
 
 
 def read_rows(path: str | Path, image_size: Sequence[int] | None = None):
-    """:func:`pvae.data.load_array`'s tensor, one flat row per example, and its description."""
+    """:func:`pvae.data.load_array`'s tensor, one flat row per example, and its description.
+
+    8-bit images stay ``uint8`` (:func:`pvae.data.transforms.holds_bytes`); any other table
+    of integers or booleans is numbers, as a CSV file's are: float32, where every value is
+    exact (up to 2**24).
+    """
     resize = tuple(image_size) if image_size is not None else None
     x, info = load_array(path, resize=resize) if resize else load_array(path)
-    return x.reshape(x.shape[0], -1), info
+    x = x.reshape(x.shape[0], -1)
+    if x.is_floating_point() or holds_bytes(x):
+        return x, info
+    largest = int(x.abs().max()) if x.numel() and x.dtype != torch.bool else 0
+    if largest > _EXACT_IN_FLOAT32:
+        raise ValueError(
+            f"{path} holds integers up to {largest}, beyond 2**24, which float32 (what the "
+            "model computes in) cannot hold exactly: rescale them, e.g. to counts in thousands"
+        )
+    return x.float(), info
 
 
 def load_user_data(
@@ -46,7 +63,7 @@ def load_user_data(
         )
     order = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
     held_out, train = x[order[:num_held_out]], x[order[num_held_out:]]
-    if info.is_image:
+    if holds_bytes(x):
         held_out = held_out.float() / 255
     no_labels = torch.zeros(0, dtype=torch.long)
     return ImageData(
