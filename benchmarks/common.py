@@ -6,9 +6,9 @@ import platform
 import time
 
 import torch
-from pvae.nets import GaussianEncoder, MLPDecoder
 
 import pvae
+from pvae.models.nets import GaussianEncoder, MLPDecoder
 
 
 def machine() -> str:

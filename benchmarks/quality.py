@@ -19,10 +19,10 @@ import time
 
 import pyro
 import torch
-from pvae.nets import GaussianEncoder, MLPDecoder
 
 import pvae
 from pvae.data import DynamicBinarization, held_out_data, load_dataset
+from pvae.models.nets import GaussianEncoder, MLPDecoder
 
 PAPER_HIDDEN = [200, 200]
 

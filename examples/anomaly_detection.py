@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 from _training import add_training_flags, load_small_vae, set_up, train_small_vae
-from pvae.anomaly import anomaly_scores, auroc, auroc_interval
 
 import pvae
+from pvae.analysis.anomaly import anomaly_scores, auroc, auroc_interval
 from pvae.cli import run_script
 from pvae.data import held_out_data
 

@@ -40,9 +40,9 @@ from pathlib import Path
 
 import torch
 from _training import add_training_flags, load_small_vae, set_up, train_small_vae
-from pvae.imputation import fill_missing, impute_importance, impute_nuts
 
 import pvae
+from pvae.analysis.imputation import fill_missing, impute_importance, impute_nuts
 from pvae.cli import run_script
 from pvae.data import held_out_data
 

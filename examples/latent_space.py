@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 from _training import add_training_flags, load_small_vae, set_up, train_small_vae
-from pvae.latent import latent_activity
 
 import pvae
+from pvae.analysis.latent import latent_activity
 from pvae.cli import run_script
 from pvae.data import held_out_data
 

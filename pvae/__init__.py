@@ -11,9 +11,34 @@ Example::
     vae = pvae.build_vae(x_dim=784, z_dim=50)
     result = pvae.fit(vae.model, vae.guide, data.train_x, num_epochs=10,
                       transform=pvae.data.DynamicBinarization())
+
+Glossary (one name per concept, in arguments, config keys and messages):
+
+- *datapoint*, *data plate*: one row of the data; the model's and guide's per-datapoint sites
+  sit in ``pyro.plate("data", ...)``, which fit scales to the whole dataset.
+- ``num_particles``: draws per datapoint in one training step (Pyro's name): the K of the
+  objectives ``"iwae"`` and ``"dreg"``, averaged over for ``"elbo"``.
+- ``num_samples``: K, the importance samples per datapoint of a bound that *evaluates*
+  (:func:`pvae.log_likelihood`, ``pvae evaluate -k``). Two settings are that K under older
+  names: ``held_out_samples`` (fit's held-out bound, watched by early stopping) and a run's
+  ``iwae_samples`` (its final held-out IWAE bound).
+- *bound*: a lower bound on log p(x) per datapoint, in nats: the ELBO (K = 1) or IWAE_K.
+- *held out*: data scored, never trained on (fit's ``held_out``, the example's test digits).
+- ``num_chains``, ``num_steps``: AIS/BDMC's chains per datapoint and annealing steps.
+- ``transform``: fit's function applied to each minibatch (binarization, 8-bit scaling).
+- *checkpoint*: a file of tensors and plain data (``pvae.load_checkpoint``); ``best.pt``:
+  the checkpoint of the epoch with the best held-out bound.
+- *patience*: epochs without a better held-out bound before early stopping.
+- ``progress``: whether progress bars show (never a record of where training stands).
+- *evaluation mode*: how every estimator runs (:mod:`pvae.infer.evaluation_mode`): a model
+  is scored as it is (a beta-VAE at beta = 1), the caller's random state left alone.
 """
 
+import importlib
+import importlib.abc
+import importlib.util
 import sys
+import warnings
 
 from pvae import config, data
 from pvae.analysis import anomaly, imputation, latent
@@ -34,14 +59,39 @@ from pvae.viz.plots import plot_khat
 
 __version__ = package_version()
 
-# The public modules keep their import paths from before the layers (import pvae.nets,
-# from pvae.likelihoods import ...): each is registered under its short name too.
-for _module in (
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import pvae.nets`` (the flat layout's paths, before the layers) gives the module's
+    real one, ``pvae.models.nets``, the same object, with a ``DeprecationWarning``. The
+    attributes ``pvae.nets``, ``pvae.priors``, ... stay the public shortcuts they are."""
+
+    def __init__(self, moved: dict[str, str]):
+        self.moved = moved
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in self.moved else None
+
+    def create_module(self, spec):
+        home = self.moved[spec.name]
+        warnings.warn(
+            f"import {spec.name} is deprecated and goes in pvae 0.3: import {home} (or use "
+            f"the attribute {spec.name} after import pvae)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(home)
+
+    def exec_module(self, module) -> None:
+        """The real module ran when it was imported."""
+
+
+_SHORTCUTS = (
     anomaly, batches, guides, imputation, latent, likelihoods, nets, objectives, plots,
     precision, priors, variants,
-):  # fmt: skip
-    sys.modules[f"pvae.{_module.__name__.rsplit('.', 1)[-1]}"] = _module
-del _module
+)  # fmt: skip
+sys.meta_path.append(
+    _MovedModules({f"pvae.{m.__name__.rsplit('.', 1)[-1]}": m.__name__ for m in _SHORTCUTS})
+)
 
 __all__ = [
     "ais",

@@ -104,7 +104,7 @@ def test_mixture_log_prob_is_the_same_in_chunks_and_under_plates(monkeypatch):
     mixture = DiagonalGaussianMixture(torch.randn(5), torch.randn(5, 3), torch.rand(5, 3) + 0.1)
     z = torch.randn(4, 7, 3)  # [particles, datapoints, z_dim]
     whole = mixture.expand([7]).log_prob(z)
-    monkeypatch.setattr("pvae.priors._MIXTURE_CHUNK", 20)  # 1 point per chunk
+    monkeypatch.setattr("pvae.models.priors._MIXTURE_CHUNK", 20)  # 1 point per chunk
     assert torch.allclose(mixture.expand([7]).log_prob(z), whole)
     assert whole.shape == (4, 7)
     assert mixture.expand([7]).sample((4,)).shape == (4, 7, 3)
