@@ -148,20 +148,6 @@ def test_bdmc_refuses_a_model_that_does_not_observe_its_data_as_given():
         bdmc(shifted, model.guide, model.sample_data(2), num_steps=2)
 
 
-def test_same_seed_same_numbers_and_the_global_generator_is_left_alone():
-    model = DiagonalLinearGaussian()
-    x = model.sample_data(5)
-    pyro.set_rng_seed(3)
-    expected_next = torch.rand(3)
-    pyro.set_rng_seed(3)
-    first = pvae.ais(model.model, model.guide, x, 5, num_chains=3, data_chunk=2, seed=4)
-    assert torch.equal(torch.rand(3), expected_next)
-    again = pvae.ais(model.model, model.guide, x, 5, num_chains=3, data_chunk=2, seed=4)
-    assert torch.equal(first.log_weights, again.log_weights)
-    other = pvae.ais(model.model, model.guide, x, 5, num_chains=3, data_chunk=2, seed=5)
-    assert not torch.equal(first.log_weights, other.log_weights)
-
-
 def test_chunks_of_data_and_chains_cover_every_datapoint_and_chain():
     model = DiagonalLinearGaussian()
     x = model.sample_data(7)
@@ -202,23 +188,6 @@ def test_refuses_a_discrete_latent_that_is_not_enumerated():
     model = DiscreteLatent()
     with pytest.raises(ValueError, match="latent 'c' is discrete.*enumerate"):
         pvae.ais(model.model, model.guide, torch.zeros(3), 5)
-
-
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        (dict(num_chains=0), "num_chains"),
-        (dict(num_steps=0), "num_steps"),
-        (dict(schedule="cosine"), "unknown schedule"),
-        (dict(init="posterior"), "unknown init"),
-        (dict(target_acceptance=1.5), "target_acceptance"),
-        (dict(data_chunk=0), "data_chunk"),
-    ],
-)
-def test_bad_arguments_are_refused_with_their_name(arguments, message):
-    model = LinearGaussian(**PRIORS["normal"])
-    with pytest.raises(ValueError, match=message):
-        pvae.ais(model.model, model.guide, model.sample_data(2), **arguments)
 
 
 def test_a_vae_of_pvae_is_annealed_past_its_elbo():

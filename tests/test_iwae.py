@@ -156,27 +156,6 @@ def test_same_seed_gives_same_numbers_for_any_chunk_sizes(linear_gaussian):
     assert not torch.equal(other_seed.per_datapoint, first.per_datapoint)
 
 
-def test_a_given_seed_leaves_the_global_generator_alone(linear_gaussian):
-    model = perturbed(linear_gaussian)
-    x = model.sample_data(5)
-    pyro.set_rng_seed(3)
-    expected_next = torch.rand(3)
-    pyro.set_rng_seed(3)
-    log_likelihood(model.model, model.guide, x, 30, seed=1)
-    assert torch.equal(torch.rand(3), expected_next)
-
-
-def test_without_a_seed_the_global_seed_decides(linear_gaussian):
-    model = perturbed(linear_gaussian)
-    x = model.sample_data(5)
-    pyro.set_rng_seed(3)
-    first = log_likelihood(model.model, model.guide, x, 30).per_datapoint
-    second = log_likelihood(model.model, model.guide, x, 30).per_datapoint
-    pyro.set_rng_seed(3)
-    assert torch.equal(log_likelihood(model.model, model.guide, x, 30).per_datapoint, first)
-    assert not torch.equal(second, first)
-
-
 def test_agrees_with_pyro_renyi_elbo_at_alpha_zero(linear_gaussian):
     # RenyiELBO(alpha=0) sums over datapoints the log-mean-exp over particles of log w: with a
     # data plate common to all sites its loss is -sum_n IWAE_K(x_n), our per-datapoint sum.
@@ -277,24 +256,6 @@ def test_model_latent_without_guide_site_is_refused():
 
     with pytest.raises(ValueError, match="model latent 'z' has no site in the guide"):
         log_likelihood(local_model, empty_guide, torch.randn(4), 5)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(num_samples=0), "num_samples"),
-        (dict(num_samples=-3), "num_samples"),
-        (dict(particle_chunk=0), "particle_chunk"),
-        (dict(data_chunk=-1), "data_chunk"),
-        (dict(seed=-1), "seed"),
-        (dict(data=torch.empty(0, 3)), "empty"),
-        (dict(data=(torch.randn(4), torch.randn(5))), "same first"),
-    ],
-)
-def test_bad_arguments_are_refused(kwargs, message):
-    arguments = dict(data=torch.randn(4), num_samples=5) | kwargs
-    with pytest.raises(ValueError, match=message):
-        log_likelihood(local_model, local_guide, **arguments)
 
 
 def pareto_log_weights(xi, shape, seed=0):

@@ -24,13 +24,9 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from tqdm.auto import tqdm
 
-from pvae.infer.checks import check_model_data
-from pvae.infer.device import resolve_device
-from pvae.infer.distributed import connect
 from pvae.infer.estimates import PerDatapointEstimate
-from pvae.infer.evaluation_mode import evaluation_mode
+from pvae.infer.evaluation import check_count, evaluating, seed_torch
 from pvae.infer.log_weights import (
     enumerating,
     full_value,
@@ -39,8 +35,7 @@ from pvae.infer.log_weights import (
     sample_sites,
 )
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model
-from pvae.infer.progress import progress_enabled
-from pvae.infer.sources import as_tensors, rows_on
+from pvae.infer.sources import rows_on
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
 # guide call under its own seed, so that the numbers do not depend on the chunk sizes.
@@ -124,17 +119,14 @@ def log_likelihood(
 ) -> LogLikelihood:
     """IWAE_K estimate of log p(x) for every datapoint, with the ELBO, ESS and Pareto k-hat.
 
-    ``data`` is a tensor or a tuple of tensors (first dimension: datapoints) passed as
-    ``model(*batch)`` and ``guide(*batch)``. Every sample site of both must sit in
-    ``pyro.plate("data", ...)``: a global latent has no per-datapoint bound. The bound is on
-    log p(x) of the model itself: ``ScaleDataPlate``'s minibatch scale is left out, and a
-    scale the model sets (``poutine.scale``) or a subsampled plate inside the data plate is
-    refused with a ``ValueError`` naming the site. Model latents marked
-    ``infer={"enumerate": "parallel"}`` are summed out of each weight exactly. The data are
-    checked first (:func:`pvae.infer.checks.check_model_data`): NaN/Inf and values outside the
-    support of the model's observed sites, in any row, are refused; the data are converted
-    to the model's floating dtype (float64 numpy arrays, booleans, 0/1 integers; see
-    :func:`pvae.infer.sources.as_model_dtype`).
+    ``data`` (a tensor, a numpy array, a tuple of those, a ``Dataset`` or a ``DataLoader``;
+    first dimension: datapoints) is passed as ``model(*batch)`` and ``guide(*batch)``. Every
+    sample site of both must sit in ``pyro.plate("data", ...)``: a global latent has no
+    per-datapoint bound. The bound is on log p(x) of the model itself: ``ScaleDataPlate``'s
+    minibatch scale is left out, and a scale the model sets (``poutine.scale``) or a
+    subsampled plate inside the data plate is refused with a ``ValueError`` naming the site.
+    Model latents marked ``infer={"enumerate": "parallel"}`` are summed out of each weight
+    exactly.
 
     Exactly K particles are used per datapoint, evaluated ``particle_chunk`` particles x
     ``data_chunk`` datapoints at a time, and combined by a streaming logsumexp in float64.
@@ -142,15 +134,22 @@ def log_likelihood(
     derived from ``seed`` and the block, so a given ``seed`` (on a given device) yields the
     same numbers for any chunk sizes, up to float rounding of the model. Guide draws are
     held per whole block (about ``data_chunk * max(particle_chunk, 1000)`` latent draws), and
-    chunks in multiples of the blocks avoid repeating guide calls. ``seed=None`` draws the
-    seed from torch's global generator (so ``pyro.set_rng_seed`` fixes it too); a given seed
-    leaves the global generator untouched. k-hat needs the K log-weights of a data chunk at
-    once: it is computed when ``data_chunk * K <= max_log_weights`` and is NaN otherwise.
-    Under torchrun (or ``distributed=True``) each process scores a contiguous share of the
-    datapoints and every process gets the gathered result, the same as a single process's.
-    With ``device`` (where model and guide run; default: the data's device), data kept in
-    host memory are copied to it one data chunk at a time. ``progress`` shows a bar of the
-    datapoints scored (default: at a terminal or in a notebook, not in CI).
+    chunks in multiples of the blocks avoid repeating guide calls. k-hat needs the K
+    log-weights of a data chunk at once: it is computed when ``data_chunk * K <=
+    max_log_weights`` and is NaN otherwise.
+
+    Data, ``seed``, ``distributed``, ``device`` and ``progress`` are prepared as for every
+    estimator (:mod:`pvae.infer.evaluation`): the data checked, every row, and converted to
+    the model's dtype; ``seed=None`` draws the seed from torch's global generator (so
+    ``pyro.set_rng_seed`` fixes it too), a given seed leaves the global generator untouched,
+    and a bool (``seed=True``, accepted as 1 before) is refused; under torchrun (or
+    ``distributed=True``) each process scores a contiguous share of the datapoints and every
+    process gets the gathered result, the same as a single process's; ``device`` (``"auto"``,
+    ``"cuda"``, ...; default: the data's device) is where model and guide run, data in host
+    memory copied there a chunk at a time; ``progress`` shows a bar of the datapoints scored
+    on the main process (default: at a terminal or in a notebook, not in CI).
+    ``num_samples`` must be a positive integer, the chunks positive integers or None (a
+    bool is refused, as for every count).
 
     Example::
 
@@ -158,47 +157,33 @@ def log_likelihood(
         >>> result.mean, result.fraction_khat_above  # doctest: +SKIP
         (-86.31, 0.031)
     """
-    tensors = as_tensors(data)
-    num_data = _check_arguments(tensors, num_samples, particle_chunk, data_chunk, seed)
-    device = tensors[0].device if device is None else resolve_device(device)
-    draws_per_call = _DRAWS_PER_CALL["cuda" if device.type == "cuda" else "cpu"]
-    if particle_chunk is None:
-        particle_chunk = min(num_samples, _PARTICLE_BLOCK)
-    if data_chunk is None:
-        # Count the guide's cached blocks too: they hold whole blocks of particles.
-        particles_held = max(particle_chunk, min(num_samples, _PARTICLE_BLOCK))
-        data_chunk = max(1, draws_per_call // particles_held // _DATA_BLOCK) * _DATA_BLOCK
-    cluster = connect(device, distributed)
-    if seed is None:
-        seed = int(torch.randint(2**62, (), device="cpu"))
-    seed = cluster.broadcast_int(seed, device)
-
-    # Each process scores a contiguous share of the datapoints, cut at draw blocks so that
-    # every datapoint gets the draws it would get in a single process.
-    start, end = cluster.rows(num_data, multiple=_DATA_BLOCK)
-    show = progress if progress is not None else progress_enabled()
-    bar = tqdm(total=end - start, unit="datapoint", disable=not (show and cluster.is_main))
-    with bar, evaluation_mode(device):
-        # Inside fork_rng: a given seed leaves the global generator alone.
-        tensors = check_model_data(model, guide, tensors, device)
-        nesting = inspect_model(model, guide, *rows_on(tensors, 0, 2, device))
-        shard = _score_rows(
-            model,
-            guide,
-            tuple(t[start:end] for t in tensors),
-            num_samples,
-            nesting,
-            seed,
-            start // _DATA_BLOCK,
-            particle_chunk,
-            data_chunk,
-            max_log_weights,
-            device,
-            bar,
-        )
-    shards = cluster.gather_objects(shard)
-    per_datapoint, elbo, ess, khat = (torch.cat([part[i] for part in shards]) for i in range(4))
-    khat_note = next((part[4] for part in shards if part[4]), "")
+    check_count("num_samples", num_samples)
+    check_count("particle_chunk", particle_chunk, optional=True)
+    check_count("data_chunk", data_chunk, optional=True)
+    frontend = {"seed": seed, "distributed": distributed, "device": device, "progress": progress}
+    with evaluating(model, guide, data, **frontend) as evaluation:
+        particle_chunk, data_chunk = _chunks(num_samples, particle_chunk, data_chunk, evaluation)
+        # Each process scores a contiguous share of the datapoints, cut at draw blocks so that
+        # every datapoint gets the draws it would get in a single process.
+        start, end = evaluation.share(multiple=_DATA_BLOCK)
+        nesting = inspect_model(model, guide, *evaluation.rows(0, 2))
+        with evaluation.bar(end - start, unit="datapoint") as bar:
+            shard = _score_rows(
+                model,
+                guide,
+                tuple(t[start:end] for t in evaluation.tensors),
+                num_samples,
+                nesting,
+                evaluation.seed,
+                start // _DATA_BLOCK,
+                particle_chunk,
+                data_chunk,
+                max_log_weights,
+                evaluation.device,
+                bar,
+            )
+    per_datapoint, elbo, ess, khat, notes = evaluation.gather(shard)
+    khat_note = next((note for note in notes if note), "")
     if num_samples < _PSIS_MIN_SAMPLES:
         khat_note = f"PSIS needs K >= {_PSIS_MIN_SAMPLES}"
     return LogLikelihood(
@@ -207,25 +192,21 @@ def log_likelihood(
         pareto_k=khat,
         ess=ess,
         num_samples=num_samples,
-        data_dim=tensors[0][0].numel(),
+        data_dim=evaluation.data_dim,
         khat_note=khat_note,
     )
 
 
-def _check_arguments(tensors, num_samples, particle_chunk, data_chunk, seed) -> int:
-    if not tensors or tensors[0].dim() == 0 or tensors[0].shape[0] == 0:
-        raise ValueError("data is empty: pass a tensor (or tuple of tensors) of datapoints")
-    num_data = tensors[0].shape[0]
-    if any(t.dim() == 0 or t.shape[0] != num_data for t in tensors):
-        raise ValueError("all tensors in data must have the same first (datapoint) dimension")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    for name, chunk in (("particle_chunk", particle_chunk), ("data_chunk", data_chunk)):
-        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
-            raise ValueError(f"{name} must be a positive integer or None, got {chunk!r}")
-    if seed is not None and (not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    return num_data
+def _chunks(num_samples, particle_chunk, data_chunk, evaluation) -> tuple[int, int]:
+    """The chunk sizes, where not given: about ``_DRAWS_PER_CALL`` latent draws per call."""
+    if particle_chunk is None:
+        particle_chunk = min(num_samples, _PARTICLE_BLOCK)
+    if data_chunk is None:
+        draws_per_call = _DRAWS_PER_CALL["cuda" if evaluation.device.type == "cuda" else "cpu"]
+        # Count the guide's cached blocks too: they hold whole blocks of particles.
+        particles_held = max(particle_chunk, min(num_samples, _PARTICLE_BLOCK))
+        data_chunk = max(1, draws_per_call // particles_held // _DATA_BLOCK) * _DATA_BLOCK
+    return particle_chunk, data_chunk
 
 
 def _score_rows(
@@ -355,9 +336,7 @@ class _GuideDraws:
         n0, p0 = i * _DATA_BLOCK, j * _PARTICLE_BLOCK
         n1 = min(n0 + _DATA_BLOCK, self.num_data)
         num_particles = min(_PARTICLE_BLOCK, self.num_samples - p0)
-        block = (self.seed, i + self.first_block, j)
-        key = np.random.SeedSequence(block).generate_state(1, np.uint64)[0]
-        torch.manual_seed(int(key) >> 1)  # 63 bits: a seed every device accepts
+        seed_torch(self.seed, i + self.first_block, j)
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(self.nesting + 1)):
             trace = poutine.trace(self.guide).get_trace(*rows_on(self.tensors, n0, n1, self.device))
         log_q = torch.zeros(num_particles, n1 - n0, dtype=torch.float64, device=self.device)

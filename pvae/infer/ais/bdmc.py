@@ -13,28 +13,22 @@ exact z, so the reverse kernels are fixed in advance, as the upper bound needs.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from pyro import poutine
-from tqdm.auto import tqdm
 
 from pvae.infer.ais.estimator import (
     AnnealedLogLikelihood,
-    _data_chunk,
-    _data_tensors,
-    _draw_seed,
-    _seed,
+    default_data_chunk,
     inspect_latents,
+    log_mean_weight,
     make_settings,
     score_chunk,
 )
-from pvae.infer.checks import check_model_data
-from pvae.infer.device import resolve_device
-from pvae.infer.evaluation_mode import evaluation_mode
+from pvae.infer.evaluation import check_count, evaluating, seed_torch
 from pvae.infer.log_weights import full_value, sample_sites
-from pvae.infer.sources import rows_on
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +84,7 @@ def bdmc(
     chain_chunk: int | None = None,
     data_chunk: int | None = None,
     seed: int | None = None,
+    distributed: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> BidirectionalBounds:
@@ -103,7 +98,11 @@ def bdmc(
     as many as given). The model must observe ``data[0]`` itself, in one site (``obs=x``),
     as pvae's VAEs do; other models are refused. Then forward AIS on the simulated x gives
     ``lower``, reverse AIS from the simulated z gives ``upper``; the other arguments are
-    :func:`pvae.infer.ais.ais`'s. One process; ``device`` as there.
+    :func:`pvae.infer.ais.ais`'s, ``seed``, ``distributed``, ``device`` and ``progress``
+    included (:mod:`pvae.infer.evaluation`). Under torchrun (or ``distributed=True``, new)
+    every process simulates all the data from the same seed, sandwiches its share of the
+    data chunks, and all get the whole result, the single process's; ``num_data`` must be a
+    positive integer or None (a bool is refused, as for every count).
 
     Example::
 
@@ -111,41 +110,50 @@ def bdmc(
         >>> bounds.mean_gap  # doctest: +SKIP
         0.81
     """
-    tensors = _data_tensors(data)
-    device = tensors[0].device if device is None else resolve_device(device)
     settings = make_settings(
         num_steps, num_chains, schedule, init, leapfrog_steps, step_size, target_acceptance,
-        adaptation_chains, chain_chunk, _draw_seed(seed),
+        adaptation_chains, chain_chunk,
     )  # fmt: skip
-    num_data = tensors[0].shape[0] if num_data is None else num_data
-    if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
-        raise ValueError(f"num_data must be a positive integer, got {num_data!r}")
-    data_chunk = _data_chunk(data_chunk, settings, device)
-    rows = torch.arange(num_data) % tensors[0].shape[0]
-    with evaluation_mode(device):
-        tensors = check_model_data(model, guide, tensors, device)
-        problem = inspect_latents(model, guide, rows_on(tensors, 0, 2, device))
-        template = tuple(t[rows].to(device) for t in tensors)
-        _seed(settings.seed, -2, 0, 0)
+    check_count("num_data", num_data, optional=True)
+    check_count("data_chunk", data_chunk, optional=True)
+    frontend = {"seed": seed, "distributed": distributed, "device": device, "progress": progress}
+    with evaluating(model, guide, data, **frontend) as evaluation:
+        settings = dataclasses.replace(settings, seed=evaluation.seed)
+        data_chunk = default_data_chunk(data_chunk, settings, evaluation.device)
+        problem = inspect_latents(model, guide, evaluation.rows(0, 2))
+        num_data = evaluation.num_data if num_data is None else num_data
+        rows = torch.arange(num_data) % evaluation.num_data
+        template = tuple(t[rows].to(evaluation.device) for t in evaluation.tensors)
+        # Every process simulates all the data from the same seed, and sandwiches its share.
+        seed_torch(settings.seed, -2, 0, 0)
         simulated, latents = _simulate(problem, template)
-        chunks = range(0, num_data, data_chunk)
-        bar = tqdm(
-            total=len(chunks) * settings.num_steps * (2 * -(-num_chains // settings.chain_chunk)
-                                                      + bool(adaptation_chains)),
-            disable=not progress, desc="BDMC", unit="step", leave=False,
-        )  # fmt: skip
-        with bar:
-            parts = [_sandwich(problem, settings, simulated, latents, n0, data_chunk, bar.update)
-                     for n0 in chunks]  # fmt: skip
-    forward, reverse = zip(*parts, strict=True)
-    log_w, acceptance, last = (torch.cat([f[i] for f in forward]) for i in range(3))
-    reverse_w = torch.cat(reverse)
-    lower = torch.logsumexp(log_w, 1) - math.log(num_chains)
-    result = AnnealedLogLikelihood(
-        lower, log_w, acceptance, last, num_steps, init, data_dim=tensors[0][0].numel()
+        start, end = evaluation.cluster.rows(num_data, multiple=data_chunk)
+        shard = _sandwich_rows(problem, settings, evaluation, simulated, latents, start, end,
+                               data_chunk)  # fmt: skip
+    log_w, acceptance, last, reverse_w = evaluation.gather(shard)
+    forward = AnnealedLogLikelihood.of_chains(
+        log_w, acceptance, last, num_steps, init, evaluation.data_dim
     )
-    upper = -(torch.logsumexp(reverse_w, 1) - math.log(num_chains))
-    return BidirectionalBounds(lower, upper, reverse_w, result, tuple(t.cpu() for t in simulated))
+    upper = -log_mean_weight(reverse_w)
+    simulated = tuple(t.cpu() for t in simulated)
+    return BidirectionalBounds(forward.per_datapoint, upper, reverse_w, forward, simulated)
+
+
+def _sandwich_rows(problem, settings, evaluation, simulated, latents, start, end, data_chunk):
+    """Forward log-weights, acceptance, last step sizes and reverse log-weights of the
+    simulated rows start:end, chunk by chunk."""
+    chunks = range(start, end, data_chunk)
+    groups = 2 * -(-settings.num_chains // settings.chain_chunk) + bool(settings.adaptation_chains)
+    bar = evaluation.bar(len(chunks) * settings.num_steps * groups, desc="BDMC", unit="step",
+                         leave=False)  # fmt: skip
+    with bar:
+        parts = [_sandwich(problem, settings, simulated, latents, n0, data_chunk, bar.update)
+                 for n0 in chunks]  # fmt: skip
+    if not parts:  # more processes than data chunks
+        empty = torch.zeros(0, dtype=torch.float64, device="cpu")
+        weights = empty.reshape(0, settings.num_chains)
+        return weights, empty, empty, weights
+    return tuple(torch.cat([part[i] for part in parts]) for i in range(4))
 
 
 def _sandwich(problem, settings, simulated, latents, n0, data_chunk, tick):
@@ -157,7 +165,7 @@ def _sandwich(problem, settings, simulated, latents, n0, data_chunk, tick):
     reverse_w, _, _, _ = score_chunk(
         problem, settings, batch, n0, tick, reverse_from=(given, sizes)
     )
-    return (log_w, acceptance, last), reverse_w
+    return log_w, acceptance, last, reverse_w
 
 
 def _simulate(problem, template):

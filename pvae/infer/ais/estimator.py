@@ -23,27 +23,22 @@ more; their weights are not used.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from tqdm.auto import tqdm
 
 from pvae.infer.ais.hmc import AdaptiveStepSize, ChainState, StepSizeSchedule, hmc_transition
 from pvae.infer.ais.latents import LatentLayout
 from pvae.infer.ais.potential import Potential
 from pvae.infer.ais.schedule import annealing_schedule
-from pvae.infer.checks import check_model_data
-from pvae.infer.device import resolve_device
-from pvae.infer.distributed import connect
 from pvae.infer.estimates import PerDatapointEstimate
-from pvae.infer.evaluation_mode import evaluation_mode
+from pvae.infer.evaluation import check_count, evaluating, seed_torch
 from pvae.infer.log_weights import full_value, sample_sites
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model, trace_pair
-from pvae.infer.sources import as_tensors, rows_on
 
 INITS = ("guide", "prior")
 # Chains x datapoints per model call by default: a few hundred MB for an MNIST-sized decoder.
@@ -73,6 +68,12 @@ class AnnealedLogLikelihood(PerDatapointEstimate):
     num_steps: int
     init: str
     data_dim: int
+
+    @classmethod
+    def of_chains(cls, log_weights, acceptance, step_size, num_steps, init, data_dim):
+        """The estimate of chains with these log-weights [N, chains]: log mean_k w_k."""
+        per_datapoint = log_mean_weight(log_weights)
+        return cls(per_datapoint, log_weights, acceptance, step_size, num_steps, init, data_dim)
 
     @property
     def num_chains(self) -> int:
@@ -107,7 +108,7 @@ class Settings:
     target_acceptance: float
     adaptation_chains: int
     chain_chunk: int
-    seed: int
+    seed: int = 0  # set when the evaluation is prepared
 
     @property
     def num_steps(self) -> int:
@@ -160,11 +161,15 @@ def ais(
     ``adaptation_chains=0`` keeps ``step_size`` fixed).
 
     Work is done ``data_chunk`` datapoints x ``chain_chunk`` chains at a time (memory is set by
-    the chunk); a given ``seed`` gives the same numbers for the same chunk sizes, and leaves
-    the global generator untouched (``None``: drawn from it). Data, devices and processes as
-    :func:`pvae.log_likelihood`: checked first; ``device`` where model and guide run, data
-    copied there a chunk at a time; under torchrun each process scores its share of the data
-    chunks and all get the whole result. ``progress`` shows a progress bar.
+    the chunk); a given ``seed`` gives the same numbers for the same chunk sizes. Data,
+    ``seed``, ``distributed``, ``device`` and ``progress`` are prepared as for every estimator
+    (:mod:`pvae.infer.evaluation`), as :func:`pvae.log_likelihood` takes them: a given seed
+    leaves the global generator untouched, ``None`` draws it from there, a bool is refused;
+    ``device`` where model and guide run, data copied there a chunk at a time; under torchrun
+    each process scores its share of the data chunks and all get the whole result;
+    ``progress`` (None: at a terminal) shows a bar on the main process only. Counts
+    (``num_steps``, ``num_chains``, ``leapfrog_steps``, the chunks; ``adaptation_chains`` may
+    be 0) are refused alike when not integers, bools included.
 
     Example::
 
@@ -172,47 +177,45 @@ def ais(
         >>> result.mean, result.acceptance.mean()  # doctest: +SKIP
         (-85.91, tensor(0.66, dtype=torch.float64))
     """
-    tensors = _data_tensors(data)
-    device = tensors[0].device if device is None else resolve_device(device)
-    cluster = connect(device, distributed)
     settings = make_settings(
         num_steps, num_chains, schedule, init, leapfrog_steps, step_size, target_acceptance,
-        adaptation_chains, chain_chunk, cluster.broadcast_int(_draw_seed(seed), device),
+        adaptation_chains, chain_chunk,
     )  # fmt: skip
-    data_chunk = _data_chunk(data_chunk, settings, device)
-    num_data = tensors[0].shape[0]
-    # Each process takes whole data chunks, so that every chunk gets the draws of one process.
-    start, end = cluster.rows(num_data, multiple=data_chunk)
-    with evaluation_mode(device):
-        tensors = check_model_data(model, guide, tensors, device)
-        problem = inspect_latents(model, guide, rows_on(tensors, 0, 2, device))
-        shard = _score_rows(problem, settings, tensors, start, end, data_chunk, device, progress)
-    shards = cluster.gather_objects(shard)
-    log_w, acceptance, step = (torch.cat([part[i] for part in shards]) for i in range(3))
-    return AnnealedLogLikelihood(
-        per_datapoint=torch.logsumexp(log_w, 1) - math.log(num_chains),
-        log_weights=log_w,
-        acceptance=acceptance,
-        step_size=step,
-        num_steps=num_steps,
-        init=init,
-        data_dim=tensors[0][0].numel(),
+    check_count("data_chunk", data_chunk, optional=True)
+    frontend = {"seed": seed, "distributed": distributed, "device": device, "progress": progress}
+    with evaluating(model, guide, data, **frontend) as evaluation:
+        settings = dataclasses.replace(settings, seed=evaluation.seed)
+        data_chunk = default_data_chunk(data_chunk, settings, evaluation.device)
+        # Each process takes whole data chunks, so that every chunk gets the draws of one
+        # process.
+        start, end = evaluation.share(multiple=data_chunk)
+        problem = inspect_latents(model, guide, evaluation.rows(0, 2))
+        shard = _score_rows(problem, settings, evaluation, start, end, data_chunk)
+    log_w, acceptance, step = evaluation.gather(shard)
+    return AnnealedLogLikelihood.of_chains(
+        log_w, acceptance, step, num_steps, init, evaluation.data_dim
     )
 
 
-def _score_rows(problem, settings, tensors, start, end, data_chunk, device, progress):
+def log_mean_weight(log_weights: torch.Tensor) -> torch.Tensor:
+    """log mean_k exp(log_weights[:, k]) per row [N]."""
+    return torch.logsumexp(log_weights, 1) - math.log(log_weights.shape[1])
+
+
+def _score_rows(problem, settings, evaluation, start, end, data_chunk):
     """Log-weights [n, chains], acceptance [n] and last step sizes [n] of rows start:end."""
     chunks = range(start, end, data_chunk)
     groups = -(-settings.num_chains // settings.chain_chunk) + bool(settings.adaptation_chains)
-    bar = tqdm(
-        total=len(chunks) * groups * settings.num_steps, disable=not progress, desc="AIS",
-        unit="step", leave=False,
-    )  # fmt: skip
+    bar = evaluation.bar(len(chunks) * groups * settings.num_steps, desc="AIS", unit="step",
+                      leave=False)  # fmt: skip
     parts = []
     with bar:
         for n0 in chunks:
-            batch = rows_on(tensors, n0, min(n0 + data_chunk, end), device)
+            batch = evaluation.rows(n0, min(n0 + data_chunk, end))
             parts.append(score_chunk(problem, settings, batch, n0, bar.update))
+    if not parts:  # more processes than data chunks
+        empty = torch.zeros(0, dtype=torch.float64, device="cpu")
+        return empty.reshape(0, settings.num_chains), empty, empty
     return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
 
@@ -232,7 +235,7 @@ def score_chunk(problem, settings, batch, chunk_id, tick=None, reverse_from=None
     log_w, acceptance = [], 0.0
     for g0 in range(0, settings.num_chains, settings.chain_chunk):
         chains = min(settings.chain_chunk, settings.num_chains - g0)
-        _seed(settings.seed, chunk_id, g0, reverse_from is not None)
+        seed_torch(settings.seed, chunk_id, g0, reverse_from is not None)
         given = None if reverse_from is None else values
         state, potential = start_chains(problem, batch, chains, settings.init, given)
         group_w, group_acceptance = anneal(
@@ -252,7 +255,7 @@ def _adapted_step_sizes(problem, settings, batch, chunk_id, tick) -> torch.Tenso
     )
     if not settings.adaptation_chains:
         return initial.expand(settings.num_steps - 1, num_data)
-    _seed(settings.seed, chunk_id, -1, False)
+    seed_torch(settings.seed, chunk_id, -1, False)
     state, potential = start_chains(problem, batch, settings.adaptation_chains, settings.init)
     adaptive = AdaptiveStepSize(initial, settings.target_acceptance)
     anneal(potential, state, settings.betas, adaptive, settings.leapfrog_steps, tick)
@@ -335,57 +338,29 @@ def inspect_latents(model, guide, rows) -> Problem:
     return Problem(model, guide, nesting, supports, enumerates)
 
 
-def _seed(*key) -> None:
-    """Seed torch's generator from a key, e.g. (seed, data chunk, chain group, direction)."""
-    entropy = [int(k) % 2**63 for k in key]
-    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
-    torch.manual_seed(int(state) >> 1)
-
-
 def make_settings(
     num_steps, num_chains, schedule, init, leapfrog_steps, step_size, target_acceptance,
-    adaptation_chains, chain_chunk, seed,
+    adaptation_chains, chain_chunk,
 ) -> Settings:  # fmt: skip
-    """Check :func:`ais`'s settings; one clear ``ValueError`` for a bad one."""
-    for name, value in (("num_chains", num_chains), ("leapfrog_steps", leapfrog_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    """Check :func:`ais`'s settings; one clear ``ValueError`` for a bad one. The seed is set
+    when the evaluation is prepared (:func:`pvae.infer.evaluation.evaluating`)."""
+    check_count("num_chains", num_chains)
+    check_count("leapfrog_steps", leapfrog_steps)
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}: use 'guide' (q(z|x)) or 'prior' (p(z))")
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size!r}")
     if not 0 < target_acceptance < 1:
         raise ValueError(f"target_acceptance must lie in (0, 1), got {target_acceptance!r}")
-    if not isinstance(adaptation_chains, int) or adaptation_chains < 0:
-        raise ValueError(f"adaptation_chains must be an integer >= 0, got {adaptation_chains!r}")
-    if chain_chunk is not None and (not isinstance(chain_chunk, int) or chain_chunk < 1):
-        raise ValueError(f"chain_chunk must be a positive integer or None, got {chain_chunk!r}")
+    check_count("adaptation_chains", adaptation_chains, minimum=0)
+    check_count("chain_chunk", chain_chunk, optional=True)
     return Settings(
         annealing_schedule(num_steps, schedule), num_chains, init, leapfrog_steps, step_size,
         target_acceptance, adaptation_chains, chain_chunk or min(num_chains, _MAX_CHAIN_CHUNK),
-        seed,
     )  # fmt: skip
 
 
-def _data_tensors(data) -> tuple[torch.Tensor, ...]:
-    tensors = as_tensors(data)
-    if not tensors:
-        raise ValueError("data must be a tensor or a tuple of tensors of datapoints")
-    if tensors[0].dim() == 0 or tensors[0].shape[0] == 0:
-        raise ValueError("data is empty: pass a tensor (or tuple of tensors) of datapoints")
-    if any(t.dim() == 0 or t.shape[0] != tensors[0].shape[0] for t in tensors):
-        raise ValueError("all tensors in data must have the same first (datapoint) dimension")
-    return tensors
-
-
-def _draw_seed(seed) -> int:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    return int(torch.randint(2**62, (), device="cpu")) if seed is None else seed
-
-
-def _data_chunk(data_chunk, settings: Settings, device) -> int:
-    if data_chunk is not None and (not isinstance(data_chunk, int) or data_chunk < 1):
-        raise ValueError(f"data_chunk must be a positive integer or None, got {data_chunk!r}")
+def default_data_chunk(data_chunk: int | None, settings: Settings, device) -> int:
+    """``data_chunk``, or about ``_ROWS_PER_CALL`` chains x datapoints per model call."""
     rows = _ROWS_PER_CALL["cuda" if device.type == "cuda" else "cpu"]
     return data_chunk or max(1, rows // settings.chain_chunk)

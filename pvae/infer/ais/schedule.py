@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pvae.infer.evaluation import check_count
+
 SCHEDULES = ("sigmoid", "linear")
 # Steepness of the sigmoidal schedule, as in Grosse, Ghahramani & Adams (2015) and Wu et al.
 # (2017): small steps near β = 0 and β = 1, where the targets change fastest.
@@ -22,8 +24,7 @@ def annealing_schedule(num_steps: int, kind: str = "sigmoid") -> torch.Tensor:
         >>> annealing_schedule(4, "linear").tolist()
         [0.0, 0.25, 0.5, 0.75, 1.0]
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    check_count("num_steps", num_steps)
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}: use one of {', '.join(SCHEDULES)}")
     steps = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
