@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import get_plates
 from pyro.poutine.util import site_is_subsample
 
 DATA_PLATE = "data"
 # The plate pvae vectorizes particles in, left of the model's own plates.
 PARTICLE_PLATE = "iwae_particles"
+
+
+def in_particle_plate() -> bool:
+    """Whether the code runs inside the plate that vectorizes an importance-weighted
+    objective's particles (a model can refuse what only the ELBO objectives honour).
+
+    Example::
+
+        >>> in_particle_plate()
+        False
+    """
+    return any(frame.name == PARTICLE_PLATE for frame in get_plates())
+
+
 # Where ScaleDataPlate records the factor it applied, so that per-datapoint bounds can tell the
 # minibatch scale apart from scales the model sets itself (poutine.scale, nested subsampling).
 MINIBATCH_SCALE = "_pvae_minibatch_scale"

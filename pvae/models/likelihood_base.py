@@ -14,19 +14,29 @@ import torch
 from pvae.data import held_out_data, train_transform
 
 
-def _inverse_softplus(y: float) -> float:
+def inverse_softplus(y: float) -> float:
+    """The x with softplus(x) = y > 0: a raw parameter that starts a positive one at y.
+
+    Example::
+
+        >>> round(inverse_softplus(math.log(2.0)), 12)
+        0.0
+    """
     return y + math.log(-math.expm1(-y))
 
 
-def _range(x: torch.Tensor) -> str:
+def value_range(x: torch.Tensor) -> str:
+    """``[min, max]`` of ``x``, for messages about data."""
     return f"[{x.min().item():g}, {x.max().item():g}]"
 
 
-def _split(params: torch.Tensor, event_dim: int, parts: int) -> tuple[torch.Tensor, ...]:
+def split_params(params: torch.Tensor, event_dim: int, parts: int) -> tuple[torch.Tensor, ...]:
+    """A decoder's output cut into a likelihood's ``parts`` parameters along the event's
+    first dimension (e.g. a Normal's loc and raw scale)."""
     return params.chunk(parts, dim=params.dim() - event_dim)
 
 
-class _DataPreparation:
+class DataPreparation:
     """How a likelihood wants its data (``data_form``, one of :data:`pvae.data.DATA_FORMS`:
     as given, unless it says otherwise); :mod:`pvae.data` prepares them."""
 

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional
 
 from pvae.models.continuous_bernoulli import StableContinuousBernoulli
-from pvae.models.likelihood_base import _DataPreparation, _inverse_softplus, _range, _split
+from pvae.models.likelihood_base import DataPreparation, inverse_softplus, split_params, value_range
 from pvae.models.real_likelihoods import REAL_LIKELIHOODS
 from pvae.models.registry import build, options_of
 
@@ -53,7 +53,7 @@ _REAL_VALUED_HINT = (
 def _check_unit_interval(x: torch.Tensor, name: str) -> None:
     if bool(((x < 0) | (x > 1)).any()):
         raise ValueError(
-            f"the {name} likelihood needs data in [0, 1], got values in {_range(x)}: "
+            f"the {name} likelihood needs data in [0, 1], got values in {value_range(x)}: "
             f"divide 8-bit images by 255 (x.float() / 255); {_REAL_VALUED_HINT}"
         )
 
@@ -93,7 +93,7 @@ class BinaryBernoulli(dist.Bernoulli):
         return functional.logsigmoid((2 * value - 1) * self.logits)
 
 
-class BernoulliLikelihood(_DataPreparation, nn.Module):
+class BernoulliLikelihood(DataPreparation, nn.Module):
     """Independent Bernoulli pixels parameterized by logits, for binary data.
 
     Logits (not probabilities) keep ``log_prob`` exact and stable: it is
@@ -126,13 +126,13 @@ class BernoulliLikelihood(_DataPreparation, nn.Module):
             raise ValueError(
                 "the Bernoulli likelihood needs binary data (every value 0 or 1), but "
                 f"{bad.numel()} values are not, e.g. {bad[0].item():g} (data range "
-                f"{_range(x)}). Scale grey levels to [0, 1] and "
+                f"{value_range(x)}). Scale grey levels to [0, 1] and "
                 "binarize them with pvae.data.binarize (or pass transform=pvae.data.binarize "
                 "to fit for dynamic binarization)."
             )
 
 
-class ContinuousBernoulliLikelihood(_DataPreparation, nn.Module):
+class ContinuousBernoulliLikelihood(DataPreparation, nn.Module):
     """Continuous Bernoulli pixels on [0, 1], with their normalizing constant.
 
     Loaiza-Ganem & Cunningham, "The continuous Bernoulli: fixing a pervasive error in
@@ -207,7 +207,7 @@ class Dequantized(dist.TorchDistribution):
             return v.floor().clamp(0, NUM_LEVELS - 1) / (NUM_LEVELS - 1)
 
 
-class _DequantizedLikelihood(_DataPreparation, nn.Module):
+class _DequantizedLikelihood(DataPreparation, nn.Module):
     """Shared by the Gaussian and the Laplace likelihoods: a location per pixel from the
     decoder, one scale for all pixels (learned, or fixed when ``scale`` is given)."""
 
@@ -220,11 +220,11 @@ class _DequantizedLikelihood(_DataPreparation, nn.Module):
         if scale is None:
             # One learned scale for all pixels, as in the sigma-VAE (Rybkin, Daniilidis &
             # Levine, ICML 2021); dequantization noise keeps it from collapsing to 0.
-            self.raw_scale = nn.Parameter(torch.tensor(_inverse_softplus(0.1)))
+            self.raw_scale = nn.Parameter(torch.tensor(inverse_softplus(0.1)))
         else:
             if not scale > 0:
                 raise ValueError(f"the {self.name} likelihood's scale must be > 0, got {scale}")
-            self.register_buffer("raw_scale", torch.tensor(_inverse_softplus(scale)))
+            self.register_buffer("raw_scale", torch.tensor(inverse_softplus(scale)))
 
     @property
     def scale(self) -> torch.Tensor:
@@ -336,7 +336,7 @@ class DiscretizedLogistic(dist.TorchDistribution):
         return self.loc.clamp(0, 1)
 
 
-class DiscretizedLogisticLikelihood(_DataPreparation, nn.Module):
+class DiscretizedLogisticLikelihood(DataPreparation, nn.Module):
     """Discretized logistic pixels for 8-bit data: a location and a log-scale per pixel.
 
     The decoder gives ``2 * D`` numbers per datapoint (locations first); the log-scale is
@@ -355,12 +355,12 @@ class DiscretizedLogisticLikelihood(_DataPreparation, nn.Module):
     min_log_scale = -7.0
 
     def forward(self, params: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        loc, log_scale = _split(params, event_dim, 2)
+        loc, log_scale = split_params(params, event_dim, 2)
         scale = log_scale.clamp(min=self.min_log_scale).exp()
         return DiscretizedLogistic(loc, scale, validate_args=False).to_event(event_dim)
 
     def mean(self, params: torch.Tensor, event_dim: int = 1) -> torch.Tensor:
-        return _split(params, event_dim, 2)[0].clamp(0, 1)
+        return split_params(params, event_dim, 2)[0].clamp(0, 1)
 
     def check_data(self, x: torch.Tensor) -> None:
         _check_8bit(x, "discretized logistic")

@@ -18,15 +18,12 @@ from pyro.nn import AutoRegressiveNN
 from torch import nn
 from torch.nn import functional
 
+from pvae.models.likelihood_base import inverse_softplus
 from pvae.models.registry import build
 
 # Mixture log-densities are evaluated in chunks of at most this many (point, component,
 # dimension) terms: IWAE evaluation scores ~1e5 latents at once against up to ~1e3 components.
 _MIXTURE_CHUNK = 4_000_000
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 class StandardNormalPrior(nn.Module):
@@ -69,7 +66,7 @@ class LearnedGaussianPrior(nn.Module):
         super().__init__()
         self.z_dim = z_dim
         self.loc = nn.Parameter(torch.zeros(z_dim))
-        self.raw_scale = nn.Parameter(torch.full((z_dim,), _inverse_softplus(1.0)))
+        self.raw_scale = nn.Parameter(torch.full((z_dim,), inverse_softplus(1.0)))
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Normal(self.loc, functional.softplus(self.raw_scale)).to_event(1)
@@ -181,7 +178,7 @@ class MixtureOfGaussiansPrior(nn.Module):
         self.z_dim, self.num_components = z_dim, num_components
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.loc = nn.Parameter(torch.randn(num_components, z_dim))
-        self.raw_scale = nn.Parameter(torch.full((num_components, z_dim), _inverse_softplus(1.0)))
+        self.raw_scale = nn.Parameter(torch.full((num_components, z_dim), inverse_softplus(1.0)))
 
     def forward(self) -> dist.TorchDistribution:
         return DiagonalGaussianMixture(self.logits, self.loc, functional.softplus(self.raw_scale))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from pvae.models.likelihood_base import _DataPreparation, _inverse_softplus, _range, _split
+from pvae.models.likelihood_base import DataPreparation, inverse_softplus, split_params, value_range
 
 __all__ = [
     "REAL_LIKELIHOODS",
@@ -73,7 +73,7 @@ def _per_dimension(vector: torch.Tensor, loc: torch.Tensor, event_dim: int) -> t
     return vector.reshape(event_shape)
 
 
-class _LearnedScale(_DataPreparation, nn.Module):
+class _LearnedScale(DataPreparation, nn.Module):
     """A location per dimension from the decoder and a learned scale per dimension."""
 
     params_per_dim = 1
@@ -84,7 +84,7 @@ class _LearnedScale(_DataPreparation, nn.Module):
         _check_positive(min_scale, "min_scale", self.name)
         _check_positive(init_scale - min_scale, "init_scale - min_scale", self.name)
         self.min_scale = float(min_scale)
-        raw = _inverse_softplus(init_scale - min_scale)
+        raw = inverse_softplus(init_scale - min_scale)
         self.raw_scale = nn.Parameter(torch.full((x_dim,), raw))
 
     @property
@@ -152,7 +152,7 @@ class StudentTLikelihood(_LearnedScale):
         _check_positive(min_df, "min_df", self.name)
         _check_positive(init_df - min_df, "init_df - min_df", self.name)
         self.min_df = float(min_df)
-        self.raw_df = nn.Parameter(torch.full((x_dim,), _inverse_softplus(init_df - min_df)))
+        self.raw_df = nn.Parameter(torch.full((x_dim,), inverse_softplus(init_df - min_df)))
 
     @property
     def df(self) -> torch.Tensor:
@@ -165,7 +165,7 @@ class StudentTLikelihood(_LearnedScale):
         return dist.StudentT(df, loc, scale, validate_args=False).to_event(event_dim)
 
 
-class HeteroscedasticNormalLikelihood(_DataPreparation, nn.Module):
+class HeteroscedasticNormalLikelihood(DataPreparation, nn.Module):
     """Gaussian data dimensions whose location and scale both come from the decoder.
 
     The decoder gives ``2 * D`` numbers per datapoint: the locations, then raw scales, with
@@ -193,21 +193,21 @@ class HeteroscedasticNormalLikelihood(_DataPreparation, nn.Module):
         _check_positive(init_scale - min_scale, "init_scale - min_scale", self.name)
         self.min_scale = float(min_scale)
         # A decoder output of 0 means init_scale: the spread of standardized data at the start.
-        self._shift = _inverse_softplus(init_scale - min_scale)
+        self._shift = inverse_softplus(init_scale - min_scale)
 
     def forward(self, params: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        loc, raw_scale = _split(params, event_dim, 2)
+        loc, raw_scale = split_params(params, event_dim, 2)
         scale = _bounded_below(raw_scale + self._shift, self.min_scale)
         return dist.Normal(loc, scale, validate_args=False).to_event(event_dim)
 
     def mean(self, params: torch.Tensor, event_dim: int = 1) -> torch.Tensor:
-        return _split(params, event_dim, 2)[0]
+        return split_params(params, event_dim, 2)[0]
 
     def check_data(self, x: torch.Tensor) -> None:
         _check_finite(x, self.name)
 
 
-class BetaLikelihood(_DataPreparation, nn.Module):
+class BetaLikelihood(DataPreparation, nn.Module):
     """Beta data dimensions on the open interval (0, 1): proportions, rates, fractions.
 
     The decoder gives ``2 * D`` numbers per datapoint: logits of the means m, then raw
@@ -249,20 +249,20 @@ class BetaLikelihood(_DataPreparation, nn.Module):
         )
         self.min_concentration, self.max_concentration = float(low), float(high)
         # A decoder output of 0 means init_concentration: 2 with mean 1/2 is the uniform Beta(1, 1).
-        self._shift = _inverse_softplus(init_concentration - low)
+        self._shift = inverse_softplus(init_concentration - low)
 
     def _mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits).clamp(self._mean_margin, 1 - self._mean_margin)
 
     def forward(self, params: torch.Tensor, event_dim: int) -> dist.TorchDistribution:
-        logits, raw = _split(params, event_dim, 2)
+        logits, raw = split_params(params, event_dim, 2)
         m = self._mean(logits)
         k = _bounded_below(raw + self._shift, self.min_concentration)
         k = k.clamp(max=self.max_concentration)
         return dist.Beta(m * k, (1 - m) * k, validate_args=False).to_event(event_dim)
 
     def mean(self, params: torch.Tensor, event_dim: int = 1) -> torch.Tensor:
-        return self._mean(_split(params, event_dim, 2)[0])
+        return self._mean(split_params(params, event_dim, 2)[0])
 
     def check_data(self, x: torch.Tensor) -> None:
         _check_finite(x, self.name)
@@ -270,8 +270,8 @@ class BetaLikelihood(_DataPreparation, nn.Module):
         if not bool(inside.all()):
             raise ValueError(
                 "the beta likelihood needs data in the open interval (0, 1), but "
-                f"{int((~inside).sum())} values are not (data range {_range(x)}): squeeze data "
-                "in [0, 1] inside with (x * (n - 1) + 0.5) / n for n datapoints (Smithson & "
+                f"{int((~inside).sum())} values are not (data range {value_range(x)}): squeeze "
+                "data in [0, 1] inside with (x * (n - 1) + 0.5) / n for n datapoints (Smithson & "
                 "Verkuilen, 2006) or eps + (1 - 2 * eps) * x with a small eps, e.g. 1e-3"
             )
 

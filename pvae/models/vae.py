@@ -11,7 +11,6 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.runtime import get_plates
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional
@@ -19,7 +18,7 @@ from torch.nn import functional
 from pvae.infer.checkpoint import package_version, save_checkpoint
 from pvae.infer.evaluation_mode import in_evaluation
 from pvae.infer.param_store import register_module
-from pvae.infer.plates import PARTICLE_PLATE
+from pvae.infer.plates import in_particle_plate
 from pvae.models.custom_parts import record_custom_parts
 from pvae.models.guides import GaussianGuide
 from pvae.models.kl_warmup import KLWarmup
@@ -30,10 +29,6 @@ from pvae.models.registry import ModelError
 
 def _has_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
-
-
-def _in_particle_plate() -> bool:
-    return any(frame.name == PARTICLE_PLATE for frame in get_plates())
 
 
 class VAE(nn.Module):
@@ -189,7 +184,7 @@ class VAE(nn.Module):
         weight = self.kl_weight
         if weight == 1.0:
             return contextlib.nullcontext()
-        if is_validation_enabled() and _in_particle_plate():
+        if is_validation_enabled() and in_particle_plate():
             raise ModelError(
                 f"the KL weight is {weight:g} (beta or warm-up), which only the ELBO "
                 "objectives honour: train with objective 'elbo' or 'meanfield', or use beta "

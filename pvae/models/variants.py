@@ -16,9 +16,10 @@ from torch.func import functional_call
 from torch.nn import functional
 
 from pvae.infer.param_store import register_module
+from pvae.infer.plates import in_particle_plate
 from pvae.models.nets import MLP
 from pvae.models.registry import ModelError
-from pvae.models.vae import VAE, _in_particle_plate
+from pvae.models.vae import VAE
 
 
 class _FlatDensity(dist.ImproperUniform):
@@ -90,7 +91,7 @@ class AdversarialAutoencoder(VAE):
             params = self._likelihood_params(z, (), x.shape[1:])
             pyro.sample("obs", self.likelihood(params, event_dim=x.dim() - 1), obs=x)
             if torch.is_grad_enabled():  # training: the adversarial terms
-                if is_validation_enabled() and _in_particle_plate():
+                if is_validation_enabled() and in_particle_plate():
                     raise ModelError(
                         "train the adversarial autoencoder with objective 'elbo': it is not an "
                         "ELBO model, and importance weights of its loss mean nothing"
