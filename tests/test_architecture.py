@@ -32,14 +32,21 @@ def test_the_package_keeps_its_layers():
     assert "0 broken" in done.stdout
 
 
-def test_an_import_of_the_model_zoo_from_the_core_breaks_the_contract(tmp_path):
+@pytest.mark.parametrize(
+    "module, imported",
+    [
+        ("plates", "pvae.models.nets"),  # the core knows no model zoo
+        ("iwae", "pvae.infer.training_state"),  # estimators know no training
+    ],
+)
+def test_an_import_against_the_architecture_breaks_a_contract(tmp_path, module, imported):
     shutil.copytree(ROOT / "pvae", tmp_path / "pvae", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    plates = tmp_path / "pvae" / "infer" / "plates.py"
-    plates.write_text(plates.read_text() + "\nfrom pvae.models.nets import MLP  # noqa\n")
+    source = tmp_path / "pvae" / "infer" / f"{module}.py"
+    source.write_text(source.read_text() + f"\nimport {imported}  # noqa\n")
     done = lint_imports(tmp_path)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "pvae.infer.plates -> pvae.models.nets" in done.stdout
+    assert f"pvae.infer.{module} -> {imported}" in done.stdout
 
 
 def test_the_flat_layouts_import_paths_work_for_one_release_with_a_warning():

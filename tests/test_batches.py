@@ -6,7 +6,7 @@ import torch
 
 import pvae
 from pvae.data import DynamicBinarization
-from pvae.infer import train
+from pvae.infer import training_sources
 from pvae.infer.batches import DeviceBatches, HostBatches
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +34,7 @@ def test_fit_from_host_batches_trains_exactly_as_from_device_batches(monkeypatch
     x = torch.bernoulli(torch.full((70, 12), 0.4, dtype=torch.float64))
 
     def train_with(batch_source):
-        monkeypatch.setattr(train, "DeviceBatches", batch_source)
+        monkeypatch.setattr(training_sources, "DeviceBatches", batch_source)
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = pvae.build_vae(12, z_dim=2, hidden_dims=[6]).double()
@@ -64,7 +64,7 @@ def test_fit_from_host_batches_trains_exactly_as_from_device_batches(monkeypatch
 def test_data_on_another_accelerator_than_the_device_is_refused():
     x = torch.zeros(4, 3, device="meta")
     with pytest.raises(ValueError, match="streams minibatches from host memory only"):
-        train._training_device(x.device, "cpu")
+        training_sources.training_device((x,), "cpu")
 
 
 @requires_cuda

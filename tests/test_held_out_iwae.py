@@ -38,7 +38,7 @@ def test_the_held_out_iwae_is_log_likelihoods_on_each_epochs_weights():
 
     def score(stats):
         bound = pvae.log_likelihood(
-            vae.model, vae.guide, HELD_OUT, K, seed=pvae.infer.train._HELD_OUT_SEED
+            vae.model, vae.guide, HELD_OUT, K, seed=pvae.infer.held_out.HELD_OUT_SEED
         )
         expected.append((stats.held_out_iwae, stats.held_out_elbo, bound.mean, bound.elbo))
 

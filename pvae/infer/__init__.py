@@ -1,6 +1,10 @@
 """Inference for any Pyro model/guide pair whose per-datapoint sites sit in a "data" plate.
 
-Training (:func:`pvae.infer.train.fit`), objectives, per-datapoint log-weights, held-out
-bounds (:func:`pvae.infer.iwae.log_likelihood`), checkpoints' file format, devices and
-processes. It knows no particular model: it imports torch, Pyro and :mod:`pvae.errors` only.
+Estimators (objectives, per-datapoint log-weights, :func:`pvae.infer.iwae.log_likelihood`,
+:func:`pvae.infer.evaluate.estimate_elbo`, :mod:`pvae.infer.ais`, all behind one front-end,
+:mod:`pvae.infer.evaluation`), training (:func:`pvae.infer.train.fit` and its parts:
+:mod:`pvae.infer.run_setup`, :mod:`pvae.infer.training_sources`,
+:mod:`pvae.infer.training_state`), checkpoints' file format, devices and processes.
+Estimators never import training (a lint-imports contract). It knows no particular model:
+it imports torch, Pyro and :mod:`pvae.errors` only.
 """

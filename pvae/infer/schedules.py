@@ -111,12 +111,19 @@ class EarlyStopping:
     def bound_name(self) -> str:
         return "ELBO" if self.held_out_samples == 1 else f"IWAE_{self.held_out_samples}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``early_stopping``."""
         return dataclasses.asdict(self)
+
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
+        """Take back the record :meth:`state_dict` wrote; ``patience`` stays this run's."""
+        restored = EarlyStopping.from_dict(saved, patience=self.patience)
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(restored, field.name))
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any], **changes) -> EarlyStopping:
-        """What :meth:`to_dict` wrote, checkpoints from before ``held_out_samples`` included
+        """What :meth:`state_dict` wrote, checkpoints from before ``held_out_samples`` included
         (their bound was the ELBO, kept as ``best_elbo``)."""
         saved = dict(saved)
         if "best_elbo" in saved:

@@ -3,11 +3,12 @@
 :func:`as_tensors` turns what :func:`pvae.log_likelihood`, :func:`pvae.estimate_elbo` and
 ``fit``'s ``held_out`` take into the tuple of tensors passed to ``model(*batch)``; a
 ``torch.utils.data.Dataset`` or ``DataLoader`` is read once into memory (held-out sets
-usually fit). :func:`training_source` keeps what ``fit`` trains on where it is: tensors
+usually fit). :func:`read_training_data` keeps what ``fit`` trains on where it is: tensors
 (the fast path: a minibatch is one gather), a map-style ``Dataset`` read by index
 (:class:`DatasetBatches`, e.g. ``ImageFolder`` with a transform: images are loaded as
 minibatches need them) or a ``DataLoader`` iterated once per epoch (:class:`LoaderBatches`,
-iterable datasets larger than memory included).
+iterable datasets larger than memory included); :mod:`pvae.infer.training_sources` makes
+each of these a source of minibatches for the training loop.
 
 :func:`as_model_dtype` puts the observed data (the first tensor; labels stay integers) in the
 model's floating dtype where that keeps their meaning: floating data of any precision (numpy's
@@ -72,9 +73,9 @@ def as_tensors(data, name: str = "data") -> tuple[torch.Tensor, ...]:
     return (_tensor(data, name),)
 
 
-def training_source(data, name: str = "data"):
-    """What ``fit`` trains on: a tuple of tensors, a :class:`DatasetBatches` or a
-    :class:`LoaderBatches`."""
+def read_training_data(data, name: str = "data"):
+    """What ``fit`` trains on, left where it is: a tuple of tensors, a
+    :class:`DatasetBatches` or a :class:`LoaderBatches`."""
     if isinstance(data, DataLoader):
         return LoaderBatches(data)
     if isinstance(data, Dataset) and not isinstance(data, TensorDataset):
@@ -101,7 +102,6 @@ class DatasetBatches:
                 "minibatch: wrap it in a torch.utils.data.DataLoader and pass num_data="
             ) from None
         self.dataset, self.name = dataset, name
-        self.tensors = None  # not in memory: fit's order lives on the host
 
     def get(self, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
         items = [self.dataset[i] for i in indices.tolist()]
