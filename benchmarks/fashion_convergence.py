@@ -156,9 +156,9 @@ def row_config(row: Row, args: argparse.Namespace, folder: Path) -> pvae.Config:
             "learning_rate": args.learning_rate,
             "num_epochs": args.max_epochs,
             "patience": args.patience,
-            "held_out_samples": row.particles,  # the row's own bound: ELBO or IWAE_K
+            "held_out_num_samples": row.particles,  # the row's own bound: ELBO or IWAE_K
             "seed": args.seed,
-            "iwae_samples": args.eval_samples,
+            "num_samples": args.eval_samples,
             "dataset": "fashion-mnist",
             "device": "cpu",
             "out": str(folder),
@@ -173,8 +173,9 @@ def check_settings(folder: Path, config: pvae.Config, vae: pvae.VAE, splits: Spl
     current = {
         "model_args": vae.model_args,
         "training": {
-            key: getattr(config, key)
-            for key in ("objective", "num_particles", "held_out_samples", "batch_size")
+            # settings.json's name, from before held_out_num_samples: rows on disk keep it
+            "held_out_samples" if key == "held_out_num_samples" else key: getattr(config, key)
+            for key in ("objective", "num_particles", "held_out_num_samples", "batch_size")
         }
         | {key: getattr(config, key) for key in ("learning_rate", "seed")},
         "data": {

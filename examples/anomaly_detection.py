@@ -6,7 +6,7 @@
 
 A VAE trained on nine of the ten classes should find images of the tenth improbable. Every
 held-out image is scored three ways, higher meaning more anomalous: −IWAE_K, the importance
-weighted estimate of −log p(x) (pvae.log_likelihood, K = --iwae-samples); −ELBO, the same
+weighted estimate of −log p(x) (pvae.log_likelihood, K = --num-samples); −ELBO, the same
 with the looser bound (the mean of the same K log-weights); and the reconstruction error
 ||x − E[x | z = posterior mean]||². The table gives, for each score, the AUROC for telling
 the left-out class from in-distribution held-out images (1: perfect, 0.5: chance, below 0.5:
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> None:
     x = torch.cat([normal, anomalies]).to(device)
     is_anomaly = torch.cat([torch.zeros(len(normal)), torch.ones(len(anomalies))]).bool()
     started = time.perf_counter()
-    scores = anomaly_scores(vae, x, num_samples=args.iwae_samples, seed=args.seed)
+    scores = anomaly_scores(vae, x, num_samples=args.num_samples, seed=args.seed)
     bound = scores.log_likelihood
     print(f"scored {x.shape[0]} images in {time.perf_counter() - started:.0f} s; {bound.summary()}")
     # A reference that needs no model: how many pixels are on. Likelihoods favour simple
@@ -133,7 +133,7 @@ def save_extremes(x, score, is_anomaly, path, args, data) -> None:
         torch.stack(rows),
         path,
         row_labels=["most", "least"],
-        title=f"most and least anomalous by -IWAE_{args.iwae_samples} (class "
+        title=f"most and least anomalous by -IWAE_{args.num_samples} (class "
         f"{args.held_out_class} in red)",
     )
 
@@ -162,7 +162,9 @@ def save_roc(scores: dict[str, torch.Tensor], is_anomaly, path: Path, left_out) 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--held-out-class", type=int, default=0, help="the class left out (anomaly)")
-    p.add_argument("-k", "--iwae-samples", type=int, default=1000, help="K of the IWAE score")
+    p.add_argument(
+        "-k", "--num-samples", "--iwae-samples", type=int, default=1000, help="K of the IWAE score"
+    )
     p.add_argument("--num-normal", type=int, default=900, help="in-distribution images scored")
     p.add_argument("--num-anomalies", type=int, default=500, help="left-out images scored")
     p.add_argument("--num-show", type=int, default=16, help="images per row of anomalies.png")

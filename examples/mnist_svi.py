@@ -15,7 +15,7 @@ The Bernoulli likelihood sees binarized
 digits; the others see grey levels (8-bit for gaussian, laplace, discretized_logistic, whose
 held-out figures are log-probabilities of the 8-bit pixels).
 
-At the end it prints the held-out IWAE_K bound (K = --iwae-samples) of the epoch with the
+At the end it prints the held-out IWAE_K bound (K = --num-samples) of the epoch with the
 best held-out ELBO, with its standard error and the PSIS k-hat check. Writes into --out:
 config.yaml (the effective settings, reusable with --config), samples.png (prior samples; a
 conditional VAE draws digits 0-9 row by row, or only --digit), reconstructions.png (held-out
@@ -31,7 +31,7 @@ folder of your own (as `pvae train` does).
 
 The run itself is pvae.runs.train_run, which `pvae train` shares.
 """
-# test flags: -n 2 --batch-size 500 --z-dim 4 --hidden-dim 32 --iwae-samples 30
+# test flags: -n 2 --batch-size 500 --z-dim 4 --hidden-dim 32 --num-samples 30
 
 from __future__ import annotations
 

@@ -19,9 +19,10 @@ Glossary (one name per concept, in arguments, config keys and messages):
 - ``num_particles``: draws per datapoint in one training step (Pyro's name): the K of the
   objectives ``"iwae"`` and ``"dreg"``, averaged over for ``"elbo"``.
 - ``num_samples``: K, the importance samples per datapoint of a bound that *evaluates*
-  (:func:`pvae.log_likelihood`, ``pvae evaluate -k``). Two settings are that K under older
-  names: ``held_out_samples`` (fit's held-out bound, watched by early stopping) and a run's
-  ``iwae_samples`` (its final held-out IWAE bound).
+  (:func:`pvae.log_likelihood`, ``pvae evaluate -k``, a run's final held-out IWAE);
+  ``held_out_num_samples``: fit's K of the held-out bound that early stopping watches. Their
+  old names, ``iwae_samples`` and ``held_out_samples``, work until pvae 0.3 with a
+  ``DeprecationWarning``.
 - *bound*: a lower bound on log p(x) per datapoint, in nats: the ELBO (K = 1) or IWAE_K.
 - *held out*: data scored, never trained on (fit's ``held_out``, the example's test digits).
 - ``num_chains``, ``num_steps``: AIS/BDMC's chains per datapoint and annealing steps.
@@ -29,7 +30,8 @@ Glossary (one name per concept, in arguments, config keys and messages):
 - *checkpoint*: a file of tensors and plain data (``pvae.load_checkpoint``); ``best.pt``:
   the checkpoint of the epoch with the best held-out bound.
 - *patience*: epochs without a better held-out bound before early stopping.
-- ``progress``: whether progress bars show (never a record of where training stands).
+- ``progress``: whether progress bars show; *position*: where training stands (epoch, and
+  the step within it), which a checkpoint keeps so that a resumed run goes on bit for bit.
 - *evaluation mode*: how every estimator runs (:mod:`pvae.infer.evaluation_mode`): a model
   is scored as it is (a beta-VAE at beta = 1), the caller's random state left alone.
 """

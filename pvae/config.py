@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from pvae.data import DATASETS
-from pvae.infer.settings import TRAIN_KEYS, TrainConfig
+from pvae.infer.settings import RENAMED, TRAIN_KEYS, TrainConfig, warn_renamed
 from pvae.models.settings import ARCHITECTURE_KEYS, Architecture, ModelConfig
 
 # Objectives that honour poutine.scale on a site, which the beta-VAE's KL weight relies on.
@@ -40,6 +40,34 @@ _SCALED_OBJECTIVES = ("elbo", "meanfield")
 _DEFAULT_PARTICLES = {"iwae": 5, "dreg": 5}
 # The example's prior when a run names none: a VampPrior with this many pseudo-inputs.
 _DEFAULT_VAMP_OPTIONS = {"num_components": 100}
+
+
+# Config keys renamed so that one concept has one name (pvae's glossary); the old names work
+# for one more release, with a DeprecationWarning.
+RENAMED_KEYS = {**RENAMED, "iwae_samples": "num_samples"}
+
+
+def renamed_settings(values: Mapping[str, Any], warn: bool) -> dict[str, Any]:
+    """``values`` with the old names of settings (:data:`RENAMED_KEYS`) replaced by the new,
+    with a ``DeprecationWarning`` when ``warn`` (a checkpoint's saved settings are read without).
+
+    Example::
+
+        >>> renamed_settings({"iwae_samples": 50}, warn=False)
+        {'num_samples': 50}
+    """
+    renamed = {}
+    for key, value in values.items():
+        new = RENAMED_KEYS.get(key) if isinstance(key, str) else None
+        if new is None:
+            renamed[key] = value
+            continue
+        if new in values:
+            raise ValueError(f"config keys {key!r} and {new!r} are one setting: give {new!r} only")
+        if warn:
+            warn_renamed(key, new, stacklevel=5)
+        renamed[new] = value
+    return renamed
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -53,7 +81,7 @@ class Config(TrainConfig, Architecture):
     :class:`pvae.infer.settings.TrainConfig` (``num_epochs``, ``learning_rate``,
     ``batch_size``, ``objective``, ...), with the example's latent size, objective, number of
     epochs and seed.
-    Evaluation and output: ``iwae_samples`` (K of the held-out IWAE bound), ``digit`` (the
+    Evaluation and output: ``num_samples`` (K of the final held-out IWAE bound), ``digit`` (the
     class a conditional VAE draws), ``dataset`` (with ``data_dir``) or ``data`` (a file or
     folder of one's own: see :func:`pvae.data.load_array`; ``held_out_fraction`` of it is held
     out, images resized to ``image_size``), ``device``, ``out``, ``tensorboard`` (a folder
@@ -72,7 +100,7 @@ class Config(TrainConfig, Architecture):
     num_epochs: int = 150
     seed: int = 0
     conditional: bool = False
-    iwae_samples: int = 1000
+    num_samples: int = 1000
     digit: int | None = None
     dataset: str = "mnist"
     data_dir: str | None = None
@@ -136,7 +164,7 @@ class Config(TrainConfig, Architecture):
         hints = typing.get_type_hints(cls)
         fields = [field.name for field in dataclasses.fields(cls)]
         checked = {}
-        for key, value in values.items():
+        for key, value in renamed_settings(values, warn=True).items():
             if key not in fields:
                 close = difflib.get_close_matches(str(key), fields, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -185,8 +213,8 @@ class Config(TrainConfig, Architecture):
             )
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ValueError(f"image_size must be [height, width], got {self.image_size}")
-        if self.iwae_samples < 1:
-            raise ValueError(f"iwae_samples must be a positive integer, got {self.iwae_samples}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {self.num_samples}")
         if self.adversarial and self.objective != "elbo":
             raise ValueError(
                 f"the adversarial autoencoder trains with objective 'elbo', not "
@@ -199,11 +227,11 @@ class Config(TrainConfig, Architecture):
                 f"{' or '.join(_SCALED_OBJECTIVES)}, or beta 1 and warmup_epochs 0"
             )
         weighted = self.beta != 1 or self.warmup_epochs > 0 or self.adversarial
-        if self.held_out_samples > 1 and weighted:
+        if self.held_out_num_samples > 1 and weighted:
             raise ValueError(
-                f"held_out_samples = {self.held_out_samples} judges epochs by the held-out "
+                f"held_out_num_samples = {self.held_out_num_samples} judges epochs by the held-out "
                 "IWAE bound on log p(x), which a weighted KL term (beta, warmup_epochs) or an "
-                "adversarial autoencoder does not have: keep held_out_samples 1"
+                "adversarial autoencoder does not have: keep held_out_num_samples 1"
             )
         if self.digit is not None and not self.conditional:
             raise ValueError(

@@ -62,11 +62,16 @@ def add_setting_flags(p: argparse.ArgumentParser, data_flag: bool = True) -> Non
     setting("--hierarchy", type=int, nargs="+", help="stochastic layers' sizes, z1 first")
     setting("--objective", help=", ".join(OBJECTIVES))
     setting("-k", "--num-particles", type=int, help="K importance samples of iwae and dreg")
-    setting("--iwae-samples", type=int, help="K of the final held-out IWAE bound")
+    setting("--num-samples", "--iwae-samples", type=int, help="K of the final held-out IWAE bound")
     setting(
         "--patience", type=int, help="stop after this many epochs without a better held-out bound"
     )
-    setting("--held-out-samples", type=int, help="K of that bound: 1 the ELBO, K > 1 IWAE_K")
+    setting(
+        "--held-out-num-samples",
+        "--held-out-samples",
+        type=int,
+        help="K of that bound: 1 the ELBO, K > 1 IWAE_K",
+    )
     setting("--lr-schedule", help=", ".join(LR_SCHEDULES))
     setting("--lr-schedule-options", metavar="YAML", help="e.g. '{step_size: 30}'")
     setting("--dataset", help=", ".join(DATASETS))

@@ -34,7 +34,7 @@ import pyro
 import torch
 from filelock import FileLock, Timeout
 
-from pvae.config import Config, read_config_file, save_config
+from pvae.config import Config, read_config_file, renamed_settings, save_config
 from pvae.data import ImageData, held_out_data, load_dataset, load_user_data
 from pvae.data.transforms import holds_bytes
 from pvae.data.user_data import read_rows
@@ -82,8 +82,9 @@ def resume_settings(checkpoint: Mapping[str, Any], path: str | Path, given: Mapp
         ...                 {"num_epochs": 200})["out"]  # doctest: +SKIP
         'runs/a'
     """
-    saved = checkpoint.get("config")
+    saved, given = checkpoint.get("config"), renamed_settings(given, warn=True)
     try:
+        saved = renamed_settings(saved or {}, warn=False) if isinstance(saved, Mapping) else saved
         saved_config = Config.from_dict(saved or {}, source=f"the settings in {path}")
     except ValueError as error:
         raise ValueError(
@@ -327,7 +328,7 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
             logger(stats)
         iwae = ""
         if stats.held_out_iwae is not None:
-            iwae = f"  IWAE_{config.held_out_samples} {stats.held_out_iwae:9.2f}"
+            iwae = f"  IWAE_{config.held_out_num_samples} {stats.held_out_iwae:9.2f}"
         say(
             f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
             f"held-out {held_out_name} {stats.held_out_elbo:9.2f}{terms}{iwae}  "
@@ -408,7 +409,7 @@ def _evaluate(config, vae, held_out, out, say, main_process) -> LogLikelihood | 
         )
         return None
     started = time.perf_counter()
-    bound = log_likelihood(vae.model, vae.guide, held_out, config.iwae_samples, seed=config.seed)
+    bound = log_likelihood(vae.model, vae.guide, held_out, config.num_samples, seed=config.seed)
     say(f"held-out {bound.summary()} [{time.perf_counter() - started:.0f} s]")
     if main_process:
         plots.plot_khat(bound, out / "khat.png")

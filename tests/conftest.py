@@ -43,3 +43,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def registries():
+    """pvae's registries of parts (priors, likelihoods, guides, networks) as they were before
+    the test: loading a checkpoint with custom_parts= registers parts."""
+    from pvae.models.custom_parts import REGISTRIES
+
+    saved = {kind: dict(registry) for kind, registry in REGISTRIES.items()}
+    yield
+    for kind, registry in REGISTRIES.items():
+        registry.clear()
+        registry.update(saved[kind])

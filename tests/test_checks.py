@@ -10,10 +10,11 @@ import pvae
 X_DIM, Z_DIM = 6, 2
 
 
-def bernoulli_pair():
-    """A hand-written Bernoulli model: its distributions, not pvae, know their support."""
-    decoder = torch.nn.Linear(Z_DIM, X_DIM)
-    encoder = torch.nn.Linear(X_DIM, 2 * Z_DIM)
+def bernoulli_pair(dtype=torch.float32):
+    """A hand-written Bernoulli model (networks in ``dtype``): its distributions, not pvae,
+    know their support."""
+    decoder = torch.nn.Linear(Z_DIM, X_DIM).to(dtype)
+    encoder = torch.nn.Linear(X_DIM, 2 * Z_DIM).to(dtype)
 
     def model(x):
         pyro.module("decoder", decoder)

@@ -19,7 +19,7 @@ from pvae.models.settings import ARCHITECTURE_KEYS, ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
 EXAMPLE = ROOT / "examples" / "mnist_svi.py"
-TINY = ["-n", "2", "--batch-size", "500", "--hidden-dims", "32", "--iwae-samples", "30"]
+TINY = ["-n", "2", "--batch-size", "500", "--hidden-dims", "32", "--num-samples", "30"]
 
 
 def test_there_is_a_config_for_the_default_each_variant_and_the_iwae_paper():
@@ -76,7 +76,7 @@ def test_the_default_prior_is_a_vamp_prior_the_variants_and_one_flag_make_it_n01
 def test_iwae_paper_config_is_the_papers_architecture():
     config = load_config(ROOT / "examples" / "configs" / "iwae_paper.yaml")
     assert (config.hidden_dims, config.z_dim, config.activation) == ([200, 200], 50, "tanh")
-    assert (config.objective, config.num_particles, config.iwae_samples) == ("iwae", 50, 5000)
+    assert (config.objective, config.num_particles, config.num_samples) == ("iwae", 50, 5000)
     assert config.prior == "standard_normal"
 
 
@@ -227,7 +227,7 @@ def test_config_round_trips_from_file_through_the_run_to_the_checkpoint(tmp_path
     assert "KL weight 2" in done.stdout and "held-out IWAE_30" in done.stdout
     expected = Config.from_dict(
         {**file_values, "z_dim": 3, "num_epochs": 2, "batch_size": 500, "hidden_dims": [32],
-         "iwae_samples": 30, "out": str(out)}
+         "num_samples": 30, "out": str(out)}
     )  # fmt: skip
     assert load_config(out / "config.yaml") == expected
     vae, state = pvae.load_vae(out / "checkpoint.pt")
@@ -241,7 +241,7 @@ def test_config_round_trips_from_file_through_the_run_to_the_checkpoint(tmp_path
 
 def test_the_example_judges_epochs_by_the_held_out_iwae_when_asked(tmp_path):
     out = tmp_path / "out"
-    done = run_example(*TINY, "--held-out-samples", "3", "--out", str(out), tmp_path=tmp_path)
+    done = run_example(*TINY, "--held-out-num-samples", "3", "--out", str(out), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch")]
     assert len(epochs) == 2 and all("  IWAE_3 " in line for line in epochs)
@@ -277,7 +277,7 @@ def example_module():
         (["--digit", "3"], "needs a conditional VAE: set conditional: true"),
         (["--prior", "laplace"], "config key 'prior': unknown prior 'laplace': choose one of"),
         (["--beta", "2", "--objective", "dreg"], "objective 'dreg' ignores"),
-        (["--beta", "2", "--held-out-samples", "5"], "which a weighted KL term"),
+        (["--beta", "2", "--held-out-num-samples", "5"], "which a weighted KL term"),
         (["--prior-options", "{k: 1"], "--prior-options is not valid YAML"),
         (["--prior", "mog", "--prior-options", "{k: 1}"], "prior 'mog' has no option 'k'"),
     ],
@@ -339,7 +339,7 @@ def test_the_run_config_is_the_model_and_training_settings_plus_the_runs_own():
     keys = set(Config().to_dict())
     assert set(ARCHITECTURE_KEYS) <= keys and set(TRAIN_KEYS) <= keys
     assert keys - set(ARCHITECTURE_KEYS) - set(TRAIN_KEYS) == {
-        "conditional", "iwae_samples", "digit", "dataset", "data_dir", "data",
+        "conditional", "num_samples", "digit", "dataset", "data_dir", "data",
         "held_out_fraction", "image_size", "device", "out", "tensorboard",
     }  # fmt: skip
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import pvae
-from pvae.models.custom_parts import REGISTRIES
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import NETWORKS
 from pvae.models.priors import PRIORS
@@ -49,16 +48,6 @@ class Parts:  # a nested class: its qualified name is Parts.WidePrior
         def forward(self):
             return dist.Normal(torch.zeros(self.z_dim), self.scale).to_event(1)
 """
-
-
-@pytest.fixture
-def registries():
-    """pvae's registries as they were before the test (loading may register parts)."""
-    saved = {kind: dict(registry) for kind, registry in REGISTRIES.items()}
-    yield
-    for kind, registry in REGISTRIES.items():
-        registry.clear()
-        registry.update(saved[kind])
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ def test_the_readme_launch_line_runs_the_example_on_two_cpu_processes(tmp_path):
             "--device",
             "cpu",
             *flags,
-            "--iwae-samples",
+            "--num-samples",
             "20",
             "--out",
             str(out),

@@ -10,30 +10,16 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from test_checks import bernoulli_pair
+from test_sources import X_DIM, Rows, binary_rows
+from torch.utils.data import DataLoader, TensorDataset
 
 import pvae
 from pvae.cli import main
 
-X_DIM = 6
-
 
 def binary(n=24, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.bernoulli(torch.full((n, X_DIM), 0.3), generator=generator)
-
-
-class Rows(Dataset):
-    """A map-style dataset that is not a TensorDataset: fit reads it item by item."""
-
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def __getitem__(self, i):
-        return self.x[i]
+    return binary_rows(n, seed)
 
 
 # Every form holds exactly the values of binary(): float32 results must be matched exactly.
@@ -139,21 +125,7 @@ def test_a_float64_model_keeps_float64_data_and_takes_float32_up(float64):
 
 def test_a_double_hand_written_model_gets_its_dtype_from_its_parameters():
     """Default dtype float32, networks in float64: Pyro's parameters tell the dtype."""
-    decoder = torch.nn.Linear(2, X_DIM).double()
-    encoder = torch.nn.Linear(X_DIM, 4).double()
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("encoder", encoder)
-        loc, log_scale = encoder(x).chunk(2, -1)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
-
+    model, guide = bernoulli_pair(torch.float64)
     x = binary()
     result = pvae.log_likelihood(model, guide, x, 5, seed=0)
     assert torch.equal(
@@ -220,7 +192,7 @@ def test_float64_values_too_large_for_float32_are_refused():
         ENTRY_POINTS["log_likelihood"](x)
 
 
-TINY = ["--z-dim", "2", "--hidden-dims", "8", "--iwae-samples", "5", "--batch-size", "16"]
+TINY = ["--z-dim", "2", "--hidden-dims", "8", "--num-samples", "5", "--batch-size", "16"]
 
 
 def test_pvae_train_and_evaluate_take_a_float64_npy(tmp_path, capsys):

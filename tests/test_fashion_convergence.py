@@ -201,7 +201,8 @@ def test_the_six_rows_and_their_comparisons():
     config = driver.row_config(rows[-1], driver.parser().parse_args([]), Path("x"))
     assert (config.hierarchy, config.objective, config.num_particles) == ([100, 50], "dreg", 5)
     assert (config.batch_size, config.learning_rate, config.patience) == (100, 1e-3, 20)
-    assert config.held_out_samples == 5  # DReG-5's own bound, IWAE_5
+    assert config.held_out_num_samples == 5  # DReG-5's own bound, IWAE_5
     assert (
-        driver.row_config(rows[0], driver.parser().parse_args([]), Path("x")).held_out_samples == 1
+        driver.row_config(rows[0], driver.parser().parse_args([]), Path("x")).held_out_num_samples
+        == 1
     )

@@ -34,16 +34,6 @@ def fit_state(tmp_path_factory):
 
 
 @pytest.fixture
-def registries():
-    """pvae's registries as they were before the test (the old loader registered parts)."""
-    saved = {kind: dict(registry) for kind, registry in REGISTRIES.items()}
-    yield
-    for kind, registry in REGISTRIES.items():
-        registry.clear()
-        registry.update(saved[kind])
-
-
-@pytest.fixture
 def marker(tmp_path, monkeypatch):
     """A file that code run by a payload would create; ``MODULE`` creates it on import."""
     path = tmp_path / "code_ran"

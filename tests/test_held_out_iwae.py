@@ -1,4 +1,4 @@
-"""fit's held-out IWAE_K (held_out_samples=K): the number is pvae.log_likelihood's on the
+"""fit's held-out IWAE_K (held_out_num_samples=K): the number is pvae.log_likelihood's on the
 epoch's weights, it chooses best.pt and stops training, it leaves the training's random
 numbers alone, resumes exactly, and what it cannot score is refused before any step."""
 
@@ -28,7 +28,7 @@ OPTIONS = dict(batch_size=16, learning_rate=0.05, seed=0, objective="iwae", num_
 
 def fit_judged_by_iwae(vae, k=K, **options):
     """IWAE-K training on TRAIN, judged by the held-out IWAE_k on HELD_OUT."""
-    options = {**OPTIONS, "held_out": HELD_OUT, "held_out_samples": k, **options}
+    options = {**OPTIONS, "held_out": HELD_OUT, "held_out_num_samples": k, **options}
     return pvae.fit(vae.model, vae.guide, TRAIN, **options)
 
 
@@ -102,10 +102,10 @@ def test_a_checkpoint_from_before_the_held_out_iwae_reads_as_chosen_by_the_elbo(
 
 def test_what_the_held_out_iwae_cannot_score_is_refused_before_any_step():
     vae = new_vae()
-    with pytest.raises(ValueError, match="held_out_samples=4 is the K of the held-out IWAE"):
-        pvae.fit(vae.model, vae.guide, TRAIN, held_out_samples=K)
-    with pytest.raises(ValueError, match="held_out_samples must be a positive integer"):
-        pvae.fit(vae.model, vae.guide, TRAIN, held_out=HELD_OUT, held_out_samples=0)
+    with pytest.raises(ValueError, match="held_out_num_samples=4 is the K of the held-out IWAE"):
+        pvae.fit(vae.model, vae.guide, TRAIN, held_out_num_samples=K)
+    with pytest.raises(ValueError, match="held_out_num_samples must be a positive integer"):
+        pvae.fit(vae.model, vae.guide, TRAIN, held_out=HELD_OUT, held_out_num_samples=0)
 
     def model(x):  # a global latent: no per-datapoint bound
         loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
@@ -124,7 +124,7 @@ def test_what_the_held_out_iwae_cannot_score_is_refused_before_any_step():
             guide,
             TRAIN,
             held_out=HELD_OUT,
-            held_out_samples=K,
+            held_out_num_samples=K,
             on_epoch_end=steps.append,
         )
     assert steps == []

@@ -70,7 +70,7 @@ def tiny_config(tmp_path, monkeypatch):
 def run(config, out, *flags):
     args = paper.parser().parse_args(
         ["--config", str(config), "--out", str(out), "--train-size", "40", "--test-size", "10"]
-        + ["--iwae-samples", "5", "--device", "cpu", *flags]
+        + ["--num-samples", "5", "--device", "cpu", *flags]
     )
     paper.main(args)
     return torch.load(out / "checkpoint.pt", weights_only=False)
@@ -127,6 +127,6 @@ def test_the_paper_s_configs_hold_its_settings(path):
     config = paper.load_config(path)
     assert (config.hidden_dims, config.activation, config.z_dim) == ([200, 200], "tanh", 50)
     assert (config.batch_size, config.learning_rate, config.num_epochs) == (20, 1e-3, 3280)
-    assert (config.likelihood, config.iwae_samples, config.dataset) == ("bernoulli", 5000, "mnist")
+    assert (config.likelihood, config.num_samples, config.dataset) == ("bernoulli", 5000, "mnist")
     layers = len(config.hierarchy) if config.hierarchy else 1
     assert (config.objective, config.num_particles, layers) in paper.PUBLISHED

@@ -13,7 +13,7 @@ from filelock import FileLock
 from pvae.cli import main
 from pvae.runs import LOCK_FILE, LOCK_INFO_FILE, run_folder_lock
 
-TINY = ["--z-dim", "2", "--hidden-dims", "8", "--iwae-samples", "5", "--batch-size", "20"]
+TINY = ["--z-dim", "2", "--hidden-dims", "8", "--num-samples", "5", "--batch-size", "20"]
 
 
 def binary_rows(path, n=40, dim=6):
@@ -52,7 +52,7 @@ def refused_runs(tmp_path, out, data):
         "bad config file": ["train", data, "--config", str(tmp_path / "bad.yaml"), "--out",
                             str(out)],
         "resume, other model": ["train", "--resume", checkpoint, "--z-dim", "3", "-n", "2"],
-        "resume, other held-out K": ["train", "--resume", checkpoint, "--held-out-samples", "3",
+        "resume, other held-out K": ["train", "--resume", checkpoint, "--held-out-num-samples", "3",
                                      "-n", "2"],
     }  # fmt: skip
 

@@ -12,7 +12,7 @@ from PIL import Image
 import pvae
 from pvae.cli import main
 
-TINY = ["--z-dim", "2", "--hidden-dims", "8", "--iwae-samples", "25", "--batch-size", "32"]
+TINY = ["--z-dim", "2", "--hidden-dims", "8", "--num-samples", "25", "--batch-size", "32"]
 
 
 def standardized_features(path, n=120, dim=5):

@@ -7,7 +7,8 @@ import types
 import pyro
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from test_sources import Rows
+from torch.utils.data import DataLoader, TensorDataset
 
 import pvae
 from pvae.infer.distributed import Cluster
@@ -23,17 +24,6 @@ from pvae.infer.training_sources import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N, X_DIM, BATCH = 21, 4, 8
-
-
-class Rows(Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return self.x.shape[0]
-
-    def __getitem__(self, i):
-        return self.x[i]
 
 
 def rows():

@@ -13,7 +13,7 @@ import torch
 class EpochStats:
     """One epoch, in nats per datapoint: the training objective's bound averaged over the
     epoch's minibatches (the ELBO, or IWAE_K for ``"iwae"``/``"dreg"``), the held-out ELBO and,
-    with fit's ``held_out_samples=K`` (K > 1), the held-out IWAE_K (the ELBO is then the mean
+    with fit's ``held_out_num_samples=K`` (K > 1), the held-out IWAE_K (the ELBO is then the mean
     log-weight of the same K draws)."""
 
     epoch: int
@@ -32,7 +32,7 @@ class FitResult:
     num_steps: int
     best_epoch: int = 0  # the epoch of the best held-out bound (0: no held-out data)
     best_held_out_bound: float | None = None
-    held_out_bound_name: str = "ELBO"  # or IWAE_K, with held_out_samples=K
+    held_out_bound_name: str = "ELBO"  # or IWAE_K, with held_out_num_samples=K
     stopped_early: bool = False  # by patience, before num_epochs
 
     def history_dicts(self) -> list[dict]:

@@ -1,5 +1,5 @@
 """The held-out bound :func:`pvae.fit` reports after each epoch: the ELBO, or IWAE_K with
-``held_out_samples=K`` (the bound that patience, ``best.pt`` and the plateau schedule watch).
+``held_out_num_samples=K`` (the bound that patience, ``best.pt`` and the plateau schedule watch).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ class HeldOutBound:
             _iwae(self.model, self.guide, two_rows, 2, False, self.device)
         except ValueError as error:
             raise ValueError(
-                f"held_out_samples={self.samples} scores the held-out data "
+                f"held_out_num_samples={self.samples} scores the held-out data "
                 f"by IWAE_K, which this model has none of: {error}; or keep "
-                "held_out_samples=1 (the held-out ELBO)"
+                "held_out_num_samples=1 (the held-out ELBO)"
             ) from None
 
     def evaluate(self) -> tuple[float, float | None]:

@@ -124,9 +124,9 @@ def _held_out_tensors(held_out, settings: FitSettings):
     """``held_out`` as tensors (None: none), refused where settings watch it and it is none."""
     if held_out is None and settings.patience is not None:
         raise ValueError("patience stops on the held-out bound: pass held_out= data too")
-    if held_out is None and settings.held_out_samples > 1:
+    if held_out is None and settings.held_out_num_samples > 1:
         raise ValueError(
-            f"held_out_samples={settings.held_out_samples} is the K of the held-out "
+            f"held_out_num_samples={settings.held_out_num_samples} is the K of the held-out "
             "IWAE bound: pass held_out= data too"
         )
     return as_tensors(held_out, "held_out") if held_out is not None else None
@@ -156,7 +156,7 @@ def _check_data(model, guide, source: TrainingSource, held_out, settings, cluste
     checks.check_rows(model, guide, sites, rows, "data", source.device, transform, dtype)
     if held_out is None:
         return None
-    samples = settings.held_out_samples
+    samples = settings.held_out_num_samples
     return HeldOutBound(model, guide, held_out, samples, cluster, source.device)
 
 
@@ -191,7 +191,7 @@ def _training_state(
     lr_scheduler = make_lr_scheduler(
         settings.lr_schedule, settings.lr_schedule_options, optimizer, planned
     )
-    stopping = EarlyStopping(settings.patience, held_out_samples=settings.held_out_samples)
+    stopping = EarlyStopping(settings.patience, held_out_samples=settings.held_out_num_samples)
     position = source.new_position(seed)
     return TrainingState(
         Parameters(params, source.device),

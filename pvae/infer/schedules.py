@@ -2,7 +2,7 @@
 
 Learning-rate schedules are torch's (``torch.optim.lr_scheduler``), stepped once per epoch
 and restored exactly on resume; early stopping watches the held-out bound (the ELBO, or
-IWAE_K with fit's ``held_out_samples=K``).
+IWAE_K with fit's ``held_out_num_samples=K``).
 
 Example::
 
@@ -77,7 +77,8 @@ def step_lr_scheduler(scheduler, held_out_bound: float | None, train_bound: floa
 class EarlyStopping:
     """The best held-out bound so far and how many epochs have passed without improving on it.
 
-    The bound is the ELBO (``held_out_samples`` 1) or IWAE_K (``held_out_samples`` K), so
+    The bound is the ELBO (``held_out_samples`` 1) or IWAE_K (``held_out_samples`` K: fit's
+    ``held_out_num_samples``), so
     that a checkpoint says which one its best epoch was chosen by.
 
     Example::

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 from pvae.infer.objectives import OBJECTIVES
@@ -25,7 +26,7 @@ class TrainConfig:
     ``learning_rate`` (Adam), ``objective`` (see :data:`pvae.objectives.OBJECTIVES`),
     ``num_particles``, ``seed`` (None: from Pyro's global seed), ``clip_norm``,
     ``precision`` (see :mod:`pvae.precision`), ``patience`` (stop after this many epochs
-    without a better held-out bound), ``held_out_samples`` (K of that bound: 1 is the ELBO,
+    without a better held-out bound), ``held_out_num_samples`` (K of that bound: 1 is the ELBO,
     K > 1 IWAE_K) and ``lr_schedule`` with ``lr_schedule_options`` (see
     :func:`pvae.infer.schedules.make_lr_scheduler`)."""
 
@@ -38,19 +39,19 @@ class TrainConfig:
     clip_norm: float | None = None
     precision: str = "float32"
     patience: int | None = None
-    held_out_samples: int = 1
+    held_out_num_samples: int = 1
     lr_schedule: str | None = None
     lr_schedule_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> TrainConfig:
         """Raise a one-line ``ValueError`` naming the setting that is wrong; returns ``self``."""
-        for name in ("num_epochs", "batch_size", "num_particles", "held_out_samples"):
+        for name in ("num_epochs", "batch_size", "num_particles", "held_out_num_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.num_epochs < 0:
             raise ValueError(f"num_epochs must be ≥ 0, got {self.num_epochs}")
-        for name in ("batch_size", "num_particles", "held_out_samples"):
+        for name in ("batch_size", "num_particles", "held_out_num_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -72,3 +73,26 @@ class TrainConfig:
 
 
 TRAIN_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+
+# Settings renamed so that one concept has one name (the glossary in pvae's API reference):
+# the old names work for one more release, with a DeprecationWarning.
+RENAMED = {"held_out_samples": "held_out_num_samples"}
+
+
+def warn_renamed(old: str, new: str, stacklevel: int = 3) -> None:
+    """The one warning for a setting given by its old name.
+
+    Example::
+
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_renamed("held_out_samples", "held_out_num_samples")
+        >>> str(caught[0].message)
+        'held_out_samples is now called held_out_num_samples; the old name goes in pvae 0.3'
+    """
+    warnings.warn(
+        f"{old} is now called {new}; the old name goes in pvae 0.3",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )

@@ -25,6 +25,7 @@ from pvae.infer.progress import progress_enabled
 from pvae.infer.run_checkpoints import best_checkpoint_path
 from pvae.infer.run_setup import FitSettings, Run, adam, build_run
 from pvae.infer.schedules import step_lr_scheduler
+from pvae.infer.settings import warn_renamed
 from pvae.infer.signal_stop import SignalStop
 from pvae.infer.training_sources import Minibatch
 
@@ -60,7 +61,8 @@ def fit(
     device: str | torch.device | None = None,
     precision: str = "float32",
     patience: int | None = None,
-    held_out_samples: int = 1,
+    held_out_num_samples: int = 1,
+    held_out_samples: int | None = None,
     lr_schedule: str | Callable | None = None,
     lr_schedule_options: dict[str, Any] | None = None,
     more_epochs: int | None = None,
@@ -103,7 +105,7 @@ def fit(
             need every site in the data plate; the reported train figure is then the
             objective's own bound.
         held_out: data evaluated after each epoch (mean per-datapoint ELBO, nats; and
-            IWAE_K with ``held_out_samples``).
+            IWAE_K with ``held_out_num_samples``).
         clip_norm: clip the gradients' total norm to this value each step.
         csv_path: file that gets one row per epoch.
         checkpoint_path: written atomically after every epoch, and when SIGINT/SIGTERM
@@ -130,12 +132,13 @@ def fit(
         patience: stop when the held-out bound has not improved for this many epochs
             (needs ``held_out``). With ``held_out`` and ``checkpoint_path``, the best epoch's
             checkpoint is kept as ``best.pt`` next to the last one.
-        held_out_samples: K of the held-out bound that ``patience``, ``best.pt`` and the
+        held_out_num_samples: K of the held-out bound that ``patience``, ``best.pt`` and the
             plateau schedule watch: 1 is the ELBO (one draw per datapoint); K > 1 is IWAE_K
             (:func:`pvae.log_likelihood`, every site in the data plate), the bound that
             ``"iwae"``/``"dreg"`` maximize and that Burda et al. (2016) select on. Its draws
             come from the same seed every epoch (common random numbers: epochs differ by
             their weights, not by their noise) and leave the training's random numbers alone.
+            ``held_out_samples`` is its old name (deprecated).
         lr_schedule: ``"plateau"``, ``"cosine"``, ``"step"`` or a function of the optimizer
             returning a ``torch.optim.lr_scheduler`` scheduler, stepped after each epoch and
             checkpointed; ``lr_schedule_options`` are its keyword arguments
@@ -182,7 +185,7 @@ def fit(
             checkpoint_extra=checkpoint_extra,
             precision=precision,
             patience=patience,
-            held_out_samples=held_out_samples,
+            held_out_num_samples=_renamed_held_out_k(held_out_samples, held_out_num_samples),
             lr_schedule=lr_schedule,
             lr_schedule_options=dict(lr_schedule_options or {}),
             more_epochs=more_epochs,
@@ -198,6 +201,19 @@ def fit(
         distributed=distributed,
     )
     return _Loop(run).train()
+
+
+def _renamed_held_out_k(old: int | None, new: int) -> int:
+    """fit's ``held_out_samples``, the old name of ``held_out_num_samples``."""
+    if old is None:
+        return new
+    warn_renamed("held_out_samples", "held_out_num_samples", stacklevel=4)
+    if new != 1 and new != old:
+        raise ValueError(
+            f"held_out_num_samples={new} and held_out_samples={old} (its old name) disagree: "
+            "give held_out_num_samples only"
+        )
+    return old
 
 
 class _Loop:

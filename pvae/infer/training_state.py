@@ -267,9 +267,10 @@ class TrainingState:
         if self.early_stopping.held_out_samples != held_out_samples:
             raise ValueError(
                 f"the checkpoint chose its best epoch by the held-out "
-                f"{self.early_stopping.bound_name}, and this run asks for held_out_samples="
-                f"{held_out_samples}: resume with held_out_samples="
-                f"{self.early_stopping.held_out_samples} (--held-out-samples), or start a new run"
+                f"{self.early_stopping.bound_name}, and this run asks for held_out_num_samples="
+                f"{held_out_samples}: resume with held_out_num_samples="
+                f"{self.early_stopping.held_out_samples} (--held-out-num-samples), or start a "
+                "new run"
             )
 
 
