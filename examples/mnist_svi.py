@@ -40,10 +40,10 @@ import argparse
 from pvae.cli import run_script
 from pvae.config import Config
 from pvae.flags import add_setting_flags, given_settings
+from pvae.infer.folder_lock import folder_lock
 from pvae.runs import (
     load_run_data,
     resumable_checkpoint,
-    run_folder_lock,
     run_settings,
     train_run,
 )
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
     # The checkpoint is read and checked before anything is written.
     checkpoint = resumable_checkpoint(args.resume) if args.resume else None
     config = effective_config(args, checkpoint)
-    with run_folder_lock(config.out):  # before the data load: a second run stops at once
+    with folder_lock(config.out):  # before the data load: a second run stops at once
         train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
 
 

@@ -34,13 +34,13 @@ from pvae.infer.checkpoint import (
 )
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import disconnect
+from pvae.infer.folder_lock import folder_lock
 from pvae.infer.iwae import log_likelihood
 from pvae.models.factory import load_vae
 from pvae.runs import (
     evaluation_rows,
     load_run_data,
     resumable_checkpoint,
-    run_folder_lock,
     run_settings,
     train_run,
 )
@@ -138,7 +138,7 @@ def train(args: argparse.Namespace) -> None:
     if checkpoint is None:
         given.setdefault("out", "runs/pvae_train")
     config = run_settings(given, args.config, checkpoint, args.resume)
-    with run_folder_lock(config.out):  # before the data load: a second run stops at once
+    with folder_lock(config.out):  # before the data load: a second run stops at once
         train_run(config, load_run_data(config), resume=checkpoint, resume_path=args.resume)
 
 

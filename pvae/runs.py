@@ -7,9 +7,9 @@ keeps the best held-out checkpoint, reports the held-out IWAE bound and writes i
 ``config.out``: ``config.yaml``, ``history.csv``, ``checkpoint.pt`` (and ``best.pt``),
 ``elbo.png``, ``khat.png`` and, for images, ``samples.png`` and ``reconstructions.png``.
 Nothing is written before every check of the settings, data and model has passed, and a run
-holds a lock on its folder (:func:`run_folder_lock`) from its first write to its last, so
-that a second run on the same folder is refused at once. :func:`resume_settings` gives the
-settings of a resumed run from its checkpoint.
+holds a lock on its folder (:func:`pvae.infer.folder_lock.folder_lock`) from its first write
+to its last, so that a second run on the same folder is refused at once.
+:func:`resume_settings` gives the settings of a resumed run from its checkpoint.
 
 Example::
 
@@ -19,20 +19,15 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
-import socket
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
-from filelock import FileLock, Timeout
 
 from pvae.config import Config, read_config_file, renamed_settings, save_config
 from pvae.data import ImageData, held_out_data, load_dataset, load_user_data
@@ -41,6 +36,7 @@ from pvae.data.user_data import read_rows
 from pvae.infer.checkpoint import check_training_state, load_checkpoint
 from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
+from pvae.infer.folder_lock import folder_lock
 from pvae.infer.iwae import LogLikelihood, log_likelihood
 from pvae.infer.sources import as_model_dtype
 from pvae.infer.tensorboard import TensorBoardLogger
@@ -52,11 +48,6 @@ from pvae.viz import plots
 
 # Settings a resumed run takes from its checkpoint: those that make the model and its data.
 _FIXED_ON_RESUME = (*ARCHITECTURE_KEYS, "conditional", "dataset", "data")
-# In a run's folder: the lock (an OS lock on the file, released when its process ends, even
-# killed: the file's existence means nothing), and who holds it, for the refusal's message.
-LOCK_FILE = ".pvae.lock"
-LOCK_INFO_FILE = ".pvae.lock.info"
-_HELD_FOLDERS: set[Path] = set()  # the run folders this process holds the lock of
 
 
 @dataclasses.dataclass
@@ -191,7 +182,7 @@ def train_run(
         f"from {data.source}; device {device}"
     )
     out = Path(config.out)
-    with run_folder_lock(out):
+    with folder_lock(out):
         if resume is None and hasattr(vae.prior, "initialize"):
             _start_pseudo_inputs(vae.prior, train[0], say)
         result = _train(config, vae, train, held_out, out, resume, say)
@@ -200,78 +191,6 @@ def train_run(
         if main_process:
             _pictures(config, vae, held_out, image_shape, result, out, say)
     return RunResult(vae=vae, fit=result, bound=bound, out=out)
-
-
-@contextlib.contextmanager
-def run_folder_lock(out: str | Path) -> Iterator[Path]:
-    """Hold the lock on the run folder ``out`` (made if missing), or refuse at once, naming
-    the run that holds it. The lock is the OS's on ``out/.pvae.lock``: it ends with its
-    process, even a killed one, so a crashed run's folder resumes without any clean-up. A
-    folder this call made is removed again if the run wrote nothing into it. A process that
-    holds the lock already goes on holding it (scripts lock before they load their data, so
-    that a second run stops at once; :func:`train_run` locks again); under torchrun rank 0
-    alone locks, as it alone writes.
-
-    Example::
-
-        >>> with run_folder_lock("runs/a"):  # doctest: +SKIP
-        ...     with run_folder_lock("runs/a"):
-        ...         pass
-        Traceback (most recent call last):
-        ...
-        ValueError: runs/a is in use by another run (pvae train, pid 1234 on host, started ...
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file, not a folder: give --out a folder for the run")
-    held = out.resolve()
-    if held in _HELD_FOLDERS or int(os.environ.get("RANK", "0")) != 0:
-        yield out
-        return
-    made = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / LOCK_FILE, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise ValueError(
-            f"{out} is in use by another run ({_lock_holder(out)}): wait for it to end, or "
-            "give another --out"
-        ) from None
-    info = out / LOCK_INFO_FILE
-    _HELD_FOLDERS.add(held)
-    try:
-        info.write_text(json.dumps(_this_process()))
-        yield out
-    finally:
-        _HELD_FOLDERS.discard(held)
-        info.unlink(missing_ok=True)
-        lock.release()
-        if made and all(p.name == LOCK_FILE for p in out.iterdir()):
-            (out / LOCK_FILE).unlink(missing_ok=True)
-            out.rmdir()
-
-
-def _this_process() -> dict[str, Any]:
-    script = Path(sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c") else "python")
-    program = script.parent.name if script.name == "__main__.py" else script.name  # python -m
-    if program == "pvae" and len(sys.argv) > 1:
-        program = f"pvae {sys.argv[1]}"
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    return {
-        "program": program,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": started,
-    }
-
-
-def _lock_holder(out: Path) -> str:
-    try:
-        held = json.loads((out / LOCK_INFO_FILE).read_text())
-        return f"{held['program']}, pid {held['pid']} on {held['host']}, started {held['started']}"
-    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or by another version
-        return "its details are not known"
 
 
 def _silent(*args, **kwargs) -> None:

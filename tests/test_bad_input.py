@@ -113,11 +113,11 @@ def diverge(**kwargs):
 def folder_in_use(tmp_path):
     from filelock import FileLock
 
-    from pvae.runs import LOCK_FILE, run_folder_lock
+    from pvae.infer.folder_lock import LOCK_FILE, folder_lock
 
     (tmp_path / "run").mkdir()
     other_run = FileLock(tmp_path / "run" / LOCK_FILE, timeout=0)
-    with other_run, run_folder_lock(tmp_path / "run"):
+    with other_run, folder_lock(tmp_path / "run"):
         pass
 
 

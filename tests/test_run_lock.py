@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from filelock import FileLock
 
+import pvae
 from pvae.cli import main
-from pvae.runs import LOCK_FILE, LOCK_INFO_FILE, run_folder_lock
+from pvae.infer.folder_lock import LOCK_FILE, LOCK_INFO_FILE, folder_lock
 
 TINY = ["--z-dim", "2", "--hidden-dims", "8", "--num-samples", "5", "--batch-size", "20"]
 
@@ -88,7 +90,7 @@ def test_a_folder_locked_by_another_process_is_refused_and_this_ones_lock_is_ree
         assert f"{out} is in use by another run (its details are not known)" in (
             capsys.readouterr().err
         )
-    with run_folder_lock(out), run_folder_lock(out):  # a script locks, then train_run
+    with folder_lock(out), folder_lock(out):  # a script locks, then train_run
         assert (out / LOCK_INFO_FILE).exists()
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
 
@@ -96,14 +98,14 @@ def test_a_folder_locked_by_another_process_is_refused_and_this_ones_lock_is_ree
 def test_a_file_as_the_output_folder_is_refused(tmp_path):
     (tmp_path / "out").write_text("a file")
     refused = pytest.raises(ValueError, match="out is a file, not a folder: give --out a folder")
-    with refused, run_folder_lock(tmp_path / "out"):
+    with refused, folder_lock(tmp_path / "out"):
         pass
 
 
 HOLDER = """
 import sys, time
-from pvae.runs import run_folder_lock
-with run_folder_lock(sys.argv[1]):
+from pvae.infer.folder_lock import folder_lock
+with folder_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -137,3 +139,18 @@ def test_a_second_run_is_refused_at_once_naming_the_first_and_a_killed_ones_lock
     finally:
         holder.kill()
         holder.stdout.close()
+
+
+def test_fit_from_python_locks_its_checkpoint_folder_too(tmp_path):
+    vae = pvae.build_vae(6, z_dim=2, hidden_dims=[4])
+    x = torch.bernoulli(torch.full((8, 6), 0.5), generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "fit"
+    out.mkdir()
+    options = dict(num_epochs=1, batch_size=4, checkpoint_path=out / "checkpoint.pt")
+    refused = pytest.raises(ValueError, match="in use by another run .* another checkpoint_path")
+    with FileLock(out / LOCK_FILE, timeout=0), refused:  # as another process holds it
+        pvae.fit(vae.model, vae.guide, x, **options)
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing written
+    with folder_lock(out):  # this process's own lock (a script's, train_run's): fit goes on
+        pvae.fit(vae.model, vae.guide, x, **options)
+    assert (out / "checkpoint.pt").exists() and not (out / LOCK_INFO_FILE).exists()

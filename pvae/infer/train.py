@@ -7,6 +7,7 @@ epoch finished by its figures, the log and a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pvae.errors import TrainingDiverged, TrainingInterrupted
 from pvae.infer.fit_result import CsvLog, EpochStats, FitResult
+from pvae.infer.folder_lock import folder_lock
 from pvae.infer.precision import autocast, matmul_precision
 from pvae.infer.progress import progress_enabled
 from pvae.infer.run_checkpoints import best_checkpoint_path
@@ -167,40 +169,37 @@ def fit(
         >>> result.history[-1].train_bound  # doctest: +SKIP
         -105.3
     """
-    run = build_run(
-        model,
-        guide,
-        data,
-        FitSettings(
-            num_epochs=num_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            objective=objective,
-            num_particles=num_particles,
-            transform=transform,
-            seed=seed,
-            clip_norm=clip_norm,
-            csv_path=csv_path,
-            checkpoint_path=checkpoint_path,
-            checkpoint_extra=checkpoint_extra,
-            precision=precision,
-            patience=patience,
-            held_out_num_samples=_renamed_held_out_k(held_out_samples, held_out_num_samples),
-            lr_schedule=lr_schedule,
-            lr_schedule_options=dict(lr_schedule_options or {}),
-            more_epochs=more_epochs,
-            on_epoch_end=on_epoch_end,
-            epoch_schedules=tuple(epoch_schedules),
-            num_data=num_data,
-            progress=progress,
-        ),
-        held_out=held_out,
-        optimizer=optimizer,
-        resume=resume,
-        device=device,
-        distributed=distributed,
+    settings = FitSettings(
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        objective=objective,
+        num_particles=num_particles,
+        transform=transform,
+        seed=seed,
+        clip_norm=clip_norm,
+        csv_path=csv_path,
+        checkpoint_path=checkpoint_path,
+        checkpoint_extra=checkpoint_extra,
+        precision=precision,
+        patience=patience,
+        held_out_num_samples=_renamed_held_out_k(held_out_samples, held_out_num_samples),
+        lr_schedule=lr_schedule,
+        lr_schedule_options=dict(lr_schedule_options or {}),
+        more_epochs=more_epochs,
+        on_epoch_end=on_epoch_end,
+        epoch_schedules=tuple(epoch_schedules),
+        num_data=num_data,
+        progress=progress,
     )
-    return _Loop(run).train()
+    # Two runs never write into one folder: a second is refused at once, naming the first.
+    lock = folder_lock(Path(checkpoint_path).parent, "checkpoint_path") if checkpoint_path else None
+    with lock or contextlib.nullcontext():
+        run = build_run(
+            model, guide, data, settings, held_out=held_out, optimizer=optimizer, resume=resume,
+            device=device, distributed=distributed,
+        )  # fmt: skip
+        return _Loop(run).train()
 
 
 def _renamed_held_out_k(old: int | None, new: int) -> int:
