@@ -38,8 +38,9 @@ import torch
 
 import pvae
 from pvae.cli import run_script
-from pvae.config import load_config, save_config
+from pvae.config import load_config, renamed_settings, save_config
 from pvae.data import load_dataset
+from pvae.runs import resumable_checkpoint
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "iwae_paper.yaml"
 NUM_STAGES = 8
@@ -109,14 +110,17 @@ def _prepare_data(config, args, device):
 
 
 def _checked_resume(path, vae, config):
-    """The checkpoint to continue from, refused unless it is this run's."""
-    saved = pvae.load_checkpoint(path)
+    """The checkpoint to continue from, refused unless it is this run's (and checked as
+    pvae train checks one: what fit needs, the model's parts and weights)."""
+    saved = resumable_checkpoint(path)
+    pvae.load_vae(path)  # its weights fit the architecture it declares
     if saved.get("model_args") != vae.model_args:
         raise ValueError(
             f"{path} holds the model {saved.get('model_args')}, but the settings give "
             f"{vae.model_args}: resume with the config of that run"
         )
-    before = saved.get("config", {})
+    before = saved.get("config")
+    before = renamed_settings(before, warn=False) if isinstance(before, dict) else {}
     for key in _TRAINING_KEYS:
         if key in before and before[key] != getattr(config, key):
             raise ValueError(
