@@ -12,7 +12,9 @@ Flags mean one thing in every command: ``-n`` epochs, ``-k`` importance samples 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import os
 import sys
 import time
 import traceback
@@ -214,6 +216,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pvae", description="Variational autoencoders in Pyro.")
     p.add_argument("--version", action="version", version=f"pvae {package_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import MODULE first: the module of your own that registers your priors, "
+        "likelihoods, guides or networks (a checkpoint only names them); repeatable",
+    )  # fmt: skip
     commands = p.add_subparsers(dest="command", required=True)
     _train_command(commands)
     _evaluate_command(commands)
@@ -323,10 +330,36 @@ def run_script(main, arguments, resume_flag: str | None = None) -> None:
         disconnect()
 
 
+def import_user_modules(names: list[str]) -> None:
+    """Import the modules ``--import`` names, from the current folder too (as ``python -m``
+    does): the user chooses this code on the command line, never a file pvae reads.
+
+    Example::
+
+        >>> import_user_modules(["json"])
+    """
+    if names and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ValueError(
+                f"--import {name}: cannot import it ({error}): run pvae in the folder that "
+                "holds it, or put that folder on PYTHONPATH"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    command = args.run
+
+    def run(arguments) -> None:
+        import_user_modules(arguments.imports)
+        command(arguments)
+
     try:
-        run_script(args.run, args, resume_flag="--resume" if args.run is train else None)
+        run_script(run, args, resume_flag="--resume" if command is train else None)
     except SystemExit as exit:
         return exit.code
     return 0

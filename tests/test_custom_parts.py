@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pvae
+from pvae.cli import main
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import NETWORKS
 from pvae.models.priors import PRIORS
@@ -129,12 +130,43 @@ def test_a_part_not_registered_here_is_named_and_not_imported(user_module, tmp_p
         r"c.pt: its prior 'wide' is user_parts.Parts.WidePrior and its likelihood "
         r"'fixed_normal' is user_parts.FixedNormal, not registered in this process \(pvae never "
         r"imports what a file names\): if you trust them, import the module that registers "
-        r"them, e.g. `import user_parts`, or pass custom_parts=\[WidePrior, FixedNormal\] to "
-        r"pvae.load$"
+        r"them, e.g. `import user_parts` \(on the command line: pvae --import user_parts "
+        r"\.\.\.\), or pass custom_parts=\[WidePrior, FixedNormal\] to pvae.load$"
     )
     with pytest.raises(ValueError, match=message):
         pvae.load_vae(tmp_path / "c.pt")
     assert "user_parts" not in sys.modules
+
+
+def test_the_command_line_imports_the_module_the_user_names(user_module, tmp_path, capsys):
+    saved_vae(tmp_path / "c.pt")
+    unregister()
+    del sys.modules["user_parts"]
+    # The user's module registers its parts when imported, as a module of one's own does.
+    (tmp_path / "my_registry.py").write_text(
+        "import user_parts\nfrom pvae.models.likelihoods import LIKELIHOODS\n"
+        "from pvae.models.priors import PRIORS\n"
+        "LIKELIHOODS['fixed_normal'] = user_parts.FixedNormal\n"
+        "PRIORS['wide'] = user_parts.Parts.WidePrior\n"
+    )
+    out = tmp_path / "s.npz"
+    sample = [
+        "sample",
+        str(tmp_path / "c.pt"),
+        "--num-samples",
+        "2",
+        "--image-shape",
+        "1",
+        "1",
+        "5",
+    ]
+    assert main([*sample, "--out", str(out)]) == 2
+    assert "pvae --import user_parts" in capsys.readouterr().err
+    assert main(["--import", "my_registry", *sample, "--out", str(out)]) == 0
+    assert out.exists()
+    assert main(["--import", "no_such_module", *sample, "--out", str(out)]) == 2
+    assert "error: --import no_such_module: cannot import it" in capsys.readouterr().err
+    sys.modules.pop("my_registry", None)
 
 
 def test_another_class_registered_under_the_name_is_refused(user_module, tmp_path):

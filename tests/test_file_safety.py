@@ -181,8 +181,8 @@ def test_the_expected_class_and_the_fix_are_named(fit_state, marker, registries,
     assert message == (
         f"{path}: its likelihood 'payload' is {MODULE}.Likelihood, not registered in this "
         "process (pvae never imports what a file names): if you trust it, import the module "
-        f"that registers it, e.g. `import {MODULE}`, or pass custom_parts=[Likelihood] to "
-        "pvae.load"
+        f"that registers it, e.g. `import {MODULE}` (on the command line: pvae --import "
+        f"{MODULE} ...), or pass custom_parts=[Likelihood] to pvae.load"
     )
 
 

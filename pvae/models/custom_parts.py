@@ -214,7 +214,7 @@ def _unregistered(missing: list[tuple[str, Mapping[str, str]]], source: str) -> 
     modules = [r["module"] for _, r in missing if not _only_here(r["module"], r["qualname"])]
     if modules:
         how = f"if you trust {them}, import the module that registers {them}, e.g. `import "
-        how += f"{modules[0]}`"
+        how += f"{modules[0]}` (on the command line: pvae --import {modules[0]} ...)"
     else:
         how = f"run the code that defines and registers {them}"
     return (
