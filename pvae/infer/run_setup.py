@@ -152,8 +152,10 @@ def _check_data(model, guide, source: TrainingSource, held_out, settings, cluste
     if source.owner_rows is not None:
         check_owner(model, source.owner_rows)
     sites = observed_sites(model, guide, source.first)
-    rows, transform, dtype = source.rows_to_check
-    checks.check_rows(model, guide, sites, rows, "data", source.device, transform, dtype)
+    rows = source.rows_to_check
+    checks.check_rows(
+        model, guide, sites, rows.rows, "data", source.device, rows.transform, rows.dtype
+    )
     if held_out is None:
         return None
     samples = settings.held_out_num_samples

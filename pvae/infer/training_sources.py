@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -35,7 +36,8 @@ from pvae.infer.training_state import Position
 Batch = tuple[torch.Tensor, ...]
 
 
-class Minibatch(NamedTuple):
+@dataclass(frozen=True)
+class Minibatch:
     """A step's minibatch: this rank's rows as the model sees them (None: its share of the
     global minibatch is empty) and the size the data plate is scaled to, so that the losses
     of all ranks sum to the global minibatch's estimate."""
@@ -44,7 +46,8 @@ class Minibatch(NamedTuple):
     plate_size: float
 
 
-class RowsToCheck(NamedTuple):
+@dataclass(frozen=True)
+class RowsToCheck:
     """What fit checks against the supports of the model's observed sites: the rows, and
     the transform and dtype that make them what the model sees (None when they are already)."""
 
