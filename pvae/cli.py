@@ -30,10 +30,8 @@ from pvae.config import Config
 from pvae.data import held_out_data, load_dataset, load_user_data
 from pvae.flags import add_setting_flags, given_settings
 from pvae.infer.ais import ais, bdmc
-from pvae.infer.checkpoint import (
-    check_entries,
-    package_version,
-)
+from pvae.infer.checkpoint import package_version
+from pvae.infer.checkpoint_entries import check_entries
 from pvae.infer.device import resolve_device
 from pvae.infer.distributed import disconnect
 from pvae.infer.folder_lock import folder_lock

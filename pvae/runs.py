@@ -33,7 +33,8 @@ from pvae.config import Config, read_config_file, renamed_settings, save_config
 from pvae.data import ImageData, held_out_data, load_dataset, load_user_data
 from pvae.data.transforms import holds_bytes
 from pvae.data.user_data import read_rows
-from pvae.infer.checkpoint import check_training_state, load_checkpoint
+from pvae.infer.checkpoint import load_checkpoint
+from pvae.infer.checkpoint_entries import check_training_state
 from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
 from pvae.infer.folder_lock import folder_lock

@@ -22,7 +22,7 @@ import numpy as np
 import pyro
 import torch
 
-from pvae.infer.checkpoint import (
+from pvae.infer.checkpoint_entries import (
     check_entries,
     check_training_state,
     check_training_state_fits,

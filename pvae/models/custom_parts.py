@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pvae.infer.checkpoint import check_entries, shown
+from pvae.infer.checkpoint_entries import check_entries, shown
 from pvae.models.guides import GUIDES
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import NETWORKS

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from pvae.infer.checkpoint import check_entries, check_finite, load_checkpoint, shown
+from pvae.infer.checkpoint import load_checkpoint
+from pvae.infer.checkpoint_entries import check_entries, check_finite, shown
 from pvae.models.custom_parts import CustomParts, check_custom_parts
 from pvae.models.guides import make_guide
 from pvae.models.hierarchical import build_hierarchical_vae
