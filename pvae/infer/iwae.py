@@ -28,13 +28,16 @@ from pyro import poutine
 from pvae.infer.estimates import PerDatapointEstimate
 from pvae.infer.evaluation import check_count, evaluating, seed_torch
 from pvae.infer.log_weights import (
+    data_frame,
+    enumerated_log_density,
     enumerating,
     full_value,
+    guide_enumeration_dims,
     model_log_joint,
     per_datapoint_log_prob,
     sample_sites,
 )
-from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model
+from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model, trace_pair
 from pvae.infer.sources import rows_on
 
 # Random draws are made in canonical blocks of datapoints x particles, each block by its own
@@ -126,7 +129,13 @@ def log_likelihood(
     minibatch scale is left out, and a scale the model sets (``poutine.scale``) or a
     subsampled plate inside the data plate is refused with a ``ValueError`` naming the site.
     Model latents marked ``infer={"enumerate": "parallel"}`` are summed out of each weight
-    exactly.
+    exactly. A discrete latent y the guide enumerates (Kingma et al.'s M2, where q(z | x, y)
+    depends on y) is summed inside each weight, with one draw of z per value of y:
+    w_k = Σ_y p(x, y, z_k^y) / q(z_k^y | x, y), z_k^y ~ q(z | x, y), an unbiased estimate of
+    p(x) since each term's expectation is p(x, y); q(y | x) is no part of it, the guide's y
+    site only gives y's values. The ELBO column is then this weight's K = 1 bound, which is
+    at least the M2 ELBO (Kingma, Rezende, Mohamed & Welling, "Semi-Supervised Learning with
+    Deep Generative Models", NeurIPS 2014), and ESS and k-hat are those of these weights.
 
     Exactly K particles are used per datapoint, evaluated ``particle_chunk`` particles x
     ``data_chunk`` datapoints at a time, and combined by a streaming logsumexp in float64.
@@ -166,7 +175,9 @@ def log_likelihood(
         # Each process scores a contiguous share of the datapoints, cut at draw blocks so that
         # every datapoint gets the draws it would get in a single process.
         start, end = evaluation.share(multiple=_DATA_BLOCK)
-        nesting = inspect_model(model, guide, *evaluation.rows(0, 2))
+        traces = trace_pair(model, guide, *evaluation.rows(0, 2))
+        nesting = inspect_model(model, guide, traces=traces)
+        enumerates = any(enumerated(site) for _, site in sample_sites(traces[0]))
         with evaluation.bar(end - start, unit="datapoint") as bar:
             shard = _score_rows(
                 model,
@@ -176,6 +187,7 @@ def log_likelihood(
                 nesting,
                 evaluation.seed,
                 start // _DATA_BLOCK,
+                enumerates,
                 particle_chunk,
                 data_chunk,
                 max_log_weights,
@@ -217,6 +229,7 @@ def _score_rows(
     nesting,
     seed,
     first_block,
+    enumerates,
     particle_chunk,
     data_chunk,
     max_log_weights,
@@ -230,7 +243,8 @@ def _score_rows(
     )
     khat = torch.full((num_data,), math.nan, dtype=torch.float64, device="cpu")
     khat_note = ""
-    draws = _GuideDraws(guide, tensors, num_samples, nesting, seed, device, first_block)
+    kind = _EnumeratedGuideDraws if enumerates else _GuideDraws
+    draws = kind(guide, tensors, num_samples, nesting, seed, device, first_block)
     for n0 in range(0, num_data, data_chunk):
         n1 = min(n0 + data_chunk, num_data)
         batch = rows_on(tensors, n0, n1, device)
@@ -240,7 +254,10 @@ def _score_rows(
         for p0 in range(0, num_samples, particle_chunk):
             p1 = min(p0 + particle_chunk, num_samples)
             values, log_q = draws.chunk(n0, n1, p0, p1)
-            log_w = _model_log_prob(model, batch, values, p1 - p0, nesting) - log_q
+            if enumerates:
+                log_w = _summed_log_weights(model, batch, values, log_q, nesting)
+            else:
+                log_w = _model_log_prob(model, batch, values, p1 - p0, nesting) - log_q
             stats.update(log_w)
             if keep:
                 kept.append(log_w.float().cpu())
@@ -344,13 +361,92 @@ class _GuideDraws:
         for name, site in sample_sites(trace):
             if enumerated(site):
                 raise ValueError(
-                    f"the guide enumerates {name!r}: log_likelihood draws every guide latent; "
-                    "enumerate it in the model instead (summed out of each weight exactly)"
+                    f"the guide enumerates {name!r}, which no guide trace before showed: "
+                    "mark it infer={'enumerate': 'parallel'} on every run"
                 )
             log_q += per_datapoint_log_prob(site, self.nesting, num_particles, n1 - n0).double()
             if not site["is_observed"]:
                 values[name], axes[name] = full_value(site, self.nesting, num_particles, n1 - n0)
         return values, axes, log_q
+
+
+class _EnumeratedGuideDraws(_GuideDraws):
+    """Guide draws for a guide that enumerates a discrete latent y (Kingma et al.'s M2).
+
+    The guide runs under Pyro's enumeration handler, as in ``TraceEnum_ELBO``: y takes all
+    its values along a dimension left of the particle plate, and z ~ q(z | x, y) is drawn
+    once per value of y and particle. log q is that of the drawn sites alone, [*y, particles,
+    datapoints]: q(y | x) is no part of the weight (y is summed, not drawn). Blocks are held
+    particles first, so that :meth:`_GuideDraws.chunk` cuts them as any other.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.enumeration_dims, self.enumerated_values = 0, {}
+
+    def chunk(self, n0: int, n1: int, p0: int, p1: int) -> tuple[dict, torch.Tensor]:
+        """Values (name -> [*y, p1-p0, ...]), y's own values, and log q [*y, p1-p0, n1-n0]."""
+        values, log_q = super().chunk(n0, n1, p0, p1)
+        dims = self.enumeration_dims
+        values = {name: value.movedim(0, dims) for name, value in values.items()}
+        log_q = log_q.movedim((0, 1), (dims, dims + 1))
+        return {**values, **self.enumerated_values}, log_q
+
+    def _block(self, i: int, j: int) -> tuple[dict, dict, torch.Tensor]:
+        n0, p0 = i * _DATA_BLOCK, j * _PARTICLE_BLOCK
+        n1 = min(n0 + _DATA_BLOCK, self.num_data)
+        num_particles, nesting = min(_PARTICLE_BLOCK, self.num_samples - p0), self.nesting
+        seed_torch(self.seed, i + self.first_block, j)
+        with (
+            poutine.enum(first_available_dim=-(nesting + 2)),
+            pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)),
+        ):
+            trace = poutine.trace(self.guide).get_trace(*rows_on(self.tensors, n0, n1, self.device))
+        sites = list(sample_sites(trace))
+        dims = guide_enumeration_dims(sites, nesting)
+        drawn = [(name, site) for name, site in sites if not enumerated(site)]
+        shape, enumerated_values = [1] * dims, {}
+        for name, site in sites:
+            if enumerated(site):
+                dim = site["infer"]["_enumerate_dim"]
+                shape[dims + dim + nesting + 1] = site["value"].size(dim - site["fn"].event_dim)
+                enumerated_values[name] = site["value"]
+        # y's values are its support, the same in every block.
+        self.enumeration_dims, self.enumerated_values = dims, enumerated_values
+        log_q = enumerated_log_density(drawn, nesting, dims).double()
+        log_q = log_q.expand(*shape, num_particles, n1 - n0)
+        values, axes = {}, {}
+        for name, site in drawn:
+            if not site["is_observed"]:
+                value, axes[name] = _enumerated_value(site, nesting, dims, num_particles, n1 - n0)
+                values[name] = value.movedim(dims, 0)
+        return values, axes, log_q.movedim((dims, dims + 1), (0, 1))
+
+
+def _enumerated_value(site, nesting: int, dims: int, num_particles: int, num_data: int):
+    """A drawn value [*y, particles, ..., datapoints, ...]; returns it and its data axis."""
+    value, event_dim = site["value"], site["fn"].event_dim
+    value = value.reshape((1,) * (dims + nesting + 1 + event_dim - value.dim()) + value.shape)
+    particle_axis, data_axis = dims, dims + nesting + 1 + data_frame(site).dim
+    shape = list(value.shape)
+    shape[particle_axis], shape[data_axis] = num_particles, num_data
+    return value.expand(shape), data_axis
+
+
+def _summed_log_weights(model, batch, values, log_q, nesting: int) -> torch.Tensor:
+    """log w [particles, datapoints] with the guide's enumerated y summed inside each weight:
+    log Σ_y p(x, y, z^y) / q(z^y | x, y), the model replayed on y's values and the draws
+    z^y, its own enumerated latents (left of y's dimensions) summed out of p as ever."""
+    dims = log_q.dim() - 2
+    guide_trace = poutine.Trace()
+    for name, value in values.items():
+        guide_trace.add_node(name, type="sample", is_observed=False, value=value, infer={})
+    with pyro.plate(PARTICLE_PLATE, log_q.shape[dims], dim=-(nesting + 1)):
+        enumerated_model = poutine.enum(model, first_available_dim=-(nesting + 2 + dims))
+        replayed = poutine.replay(enumerated_model, trace=guide_trace)
+        trace = poutine.trace(replayed).get_trace(*batch)
+    log_p = enumerated_log_density(list(sample_sites(trace)), nesting, dims).double()
+    return torch.logsumexp(log_p - log_q, list(range(dims)))
 
 
 def _model_log_prob(model, batch, values, num_particles: int, nesting: int) -> torch.Tensor:

@@ -10,7 +10,9 @@ it is not subsampled (a subsampled plate gives an unbiased estimate of log p, no
 an importance weight built from it bounds nothing); scales the model sets itself
 (``poutine.scale``) are honoured by training objectives and refused where log p(x) itself is
 estimated. Model latents marked ``infer={"enumerate": "parallel"}`` are summed out of each
-weight exactly: log w = log Σ_c p(x, z, c) - log q(z | x).
+weight exactly: log w = log Σ_c p(x, z, c) - log q(z | x). A latent y the guide enumerates is
+summed inside the held-out estimator's weights, log w = log Σ_y p(x, y, z^y) / q(z^y | x, y)
+(:func:`enumerated_log_density` keeps y's dimensions for it); the training objectives refuse it.
 """
 
 from __future__ import annotations
@@ -229,6 +231,66 @@ def _sum_out_per_datapoint(sites, nesting, num_particles, num_data, observed) ->
     return total.expand(num_particles, num_data)
 
 
+def guide_enumeration_dims(sites, nesting: int) -> int:
+    """How many dimensions a guide's enumerated latents take, left of the particle plate
+    (0 when it enumerates none); a clear error for one a per-datapoint weight cannot sum.
+
+    Each such latent y must be enumerated in parallel and sit in no plate but the data and
+    particle plates: its values then index one term of each datapoint's weight,
+    Σ_y p(x, y, z^y) / q(z^y | x, y), with no other datapoint's y in it.
+    """
+    dims = []
+    for name, site in sites:
+        if not enumerated(site):
+            continue
+        if site["infer"]["enumerate"] != "parallel":
+            raise ValueError(
+                f"guide site {name!r} is enumerated sequentially: per-datapoint weights sum "
+                "enumerated latents in parallel; use infer={'enumerate': 'parallel'}"
+            )
+        data_frame(site)
+        if not _local_to_datapoints(site):
+            raise ValueError(
+                f"guide site {name!r} is enumerated inside a plate nested in the data plate: "
+                "log_likelihood sums a guide-enumerated latent inside each datapoint's weight "
+                "only where it has one value per datapoint"
+            )
+        dims.append(-site["infer"]["_enumerate_dim"] - nesting - 1)
+    return max(dims, default=0)
+
+
+def enumerated_log_density(sites, nesting: int, kept_dims: int) -> torch.Tensor:
+    """Σ of the sites' log-densities as [*kept, particles, datapoints], sizes 1 where nothing
+    varies, the plates inside the data plate summed.
+
+    ``kept_dims`` dimensions left of the particle plate (the guide's enumerated latents) are
+    kept; dimensions further left (the model's own enumerated latents) are summed out by
+    logsumexp, which is exact where each of those sits in no plate but the data and particle
+    plates (checked). Scales are refused, as wherever log p(x) itself is estimated.
+    """
+    total, data_dim = 0.0, None
+    width = nesting + 1 + kept_dims
+    for name, site in sites:
+        data_dim = data_frame(site).dim
+        checked_scale(site, honour_scales=False)
+        summed = enumerated(site) and site["infer"].get("_enumerate_dim") is not None
+        if summed and (site["infer"]["enumerate"] != "parallel" or not _local_to_datapoints(site)):
+            raise ValueError(
+                f"site {name!r} is enumerated in the model in a plate nested in the data "
+                "plate (or sequentially), and the guide enumerates a latent too: "
+                "log_likelihood sums model-enumerated latents next to guide-enumerated "
+                "ones only where each has one value per datapoint, in parallel"
+            )
+        log_p = scale_and_mask(site["fn"].log_prob(site["value"]), 1.0, site["mask"])
+        log_p = log_p.reshape((1,) * (width - log_p.dim()) + log_p.shape)
+        inner = [dim for dim in range(-nesting, 0) if dim != data_dim]
+        total = total + (log_p.sum(inner, keepdim=True) if inner else log_p)
+    summed = list(range(total.dim() - width))
+    if summed:
+        total = torch.logsumexp(total, summed)
+    return total.reshape(total.shape[: kept_dims + 1] + (total.shape[data_dim],))
+
+
 def _as_trace(recorded) -> poutine.Trace:
     trace = poutine.Trace()
     for name, site in recorded.nodes.items():
@@ -307,9 +369,9 @@ def particle_log_weights(
         guide_trace = record_sites(guide, args)
         if any(enumerated(site) for _, site in sample_sites(guide_trace)):
             raise ValueError(
-                "the guide enumerates a discrete latent: importance-weighted objectives and "
-                "log_likelihood draw every guide latent; enumerate it in the model instead, "
-                "or train with objective='elbo' (TraceEnum_ELBO)"
+                "the guide enumerates a discrete latent: importance-weighted objectives "
+                "draw every guide latent; enumerate it in the model instead, or train with "
+                "objective='elbo' (TraceEnum_ELBO); log_likelihood sums it inside each weight"
             )
         enumerated_model = enumerating(model, nesting) if enumerate_model else model
         replayed = ReplaySites(guide_trace.nodes)(enumerated_model)
