@@ -26,9 +26,10 @@ import torch
 from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
 
+from pvae.infer.evaluation_mode import forked_rng
 from pvae.infer.log_weights import sample_sites
 from pvae.infer.plates import trace_pair
-from pvae.infer.sources import as_model_dtype, describe_index, rows_on
+from pvae.infer.sources import as_model_dtype, describe_index, first_true, rows_on
 
 # Rows traced to learn the observed sites (their draws are the caller's, as they always were).
 _ROWS_TRACED = 16
@@ -147,12 +148,6 @@ class _ParameterDtype(Messenger):
         value = msg["value"]
         if self.dtype is None and torch.is_tensor(value) and value.is_floating_point():
             self.dtype = value.dtype
-
-
-def forked_rng(device: torch.device):
-    """Random draws made inside leave torch's generators (CPU, and ``device``'s) as they were."""
-    device = torch.device(device)
-    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
 def check_owner(model, x: torch.Tensor, name: str = "data", first_row: int = 0) -> None:
@@ -335,7 +330,7 @@ class _Outside:
             self.first = self._index(outside, value, start)
 
     def _index(self, outside: torch.Tensor, value: torch.Tensor, start: int) -> str:
-        flat = int(outside.reshape(-1).to(torch.uint8).argmax())
+        flat = first_true(outside)
         index = np.unravel_index(flat, tuple(outside.shape)) if outside.dim() else (0,)
         row = start + int(index[0])
         per_row = int(np.prod(outside.shape[1:], dtype=np.int64))

@@ -15,7 +15,7 @@ import threading
 import pyro
 import torch
 
-__all__ = ["evaluation_mode", "in_evaluation"]
+__all__ = ["evaluation_mode", "forked_rng", "in_evaluation"]
 
 _state = threading.local()
 
@@ -29,6 +29,21 @@ def in_evaluation() -> bool:
         False
     """
     return getattr(_state, "depth", 0) > 0
+
+
+def forked_rng(device: torch.device):
+    """Random draws made inside leave torch's generators (CPU, and ``device``'s) as they were.
+
+    Example::
+
+        >>> state = torch.get_rng_state()
+        >>> with forked_rng(torch.device("cpu")):
+        ...     _ = torch.rand(2)
+        >>> torch.equal(state, torch.get_rng_state())
+        True
+    """
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
 
 
 @contextlib.contextmanager
@@ -46,7 +61,7 @@ def evaluation_mode(device: torch.device):
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
         with (
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            forked_rng(device),
             torch.no_grad(),
             pyro.validation_enabled(False),
         ):

@@ -190,7 +190,7 @@ def _in_dtype(x: torch.Tensor, dtype: torch.dtype | None, name: str) -> torch.Te
         binary = (x == 0) | (x == 1)
         if not bool(binary.all()):
             where = _where(~binary, x.shape)
-            value = x.reshape(-1)[_first(~binary)].item()
+            value = x.reshape(-1)[first_true(~binary)].item()
             raise ValueError(
                 f"{name} holds integers other than 0 and 1 ({value} at {where}): pass "
                 "floating-point data (x.float() for counts, x.float() / 255 for 8-bit "
@@ -200,14 +200,20 @@ def _in_dtype(x: torch.Tensor, dtype: torch.dtype | None, name: str) -> torch.Te
     return x.to(dtype)
 
 
-def _first(mask: torch.Tensor) -> int:
-    """The flat index of the first True in ``mask`` (which has one)."""
+def first_true(mask: torch.Tensor) -> int:
+    """The flat index of the first True in ``mask`` (which has one).
+
+    Example::
+
+        >>> first_true(torch.tensor([[False, False], [True, True]]))
+        2
+    """
     return int(mask.reshape(-1).to(torch.uint8).argmax())
 
 
 def _where(mask: torch.Tensor, shape) -> str:
     """``row r, column c`` (or ``row r, index (...)``) of the first True in ``mask``."""
-    return describe_index(np.unravel_index(_first(mask), tuple(shape)))
+    return describe_index(np.unravel_index(first_true(mask), tuple(shape)))
 
 
 def describe_index(index) -> str:
