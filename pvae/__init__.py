@@ -53,6 +53,7 @@ from pvae.infer.device import resolve_device
 from pvae.infer.evaluate import estimate_elbo
 from pvae.infer.iwae import LogLikelihood, log_likelihood
 from pvae.infer.train import EpochStats, FitResult, fit
+from pvae.infer.training_streams import Stream
 from pvae.models import guides, likelihoods, nets, priors, variants
 from pvae.models.factory import build_vae, load, load_vae, vae_state
 from pvae.models.vae import VAE
@@ -132,6 +133,7 @@ __all__ = [
     "priors",
     "resolve_device",
     "save_checkpoint",
+    "Stream",
     "TrainingDiverged",
     "TrainingInterrupted",
     "vae_state",

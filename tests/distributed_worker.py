@@ -45,6 +45,12 @@ def main(out: Path) -> None:
     results["linear"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     results["linear_history"] = [vars(s) | {"seconds": 0} for s in fit.history]
 
+    # Two named streams of their own batch sizes: each rank takes its share of both.
+    pyro.clear_param_store()
+    streams = {"a": pvae.Stream(x[:30], batch_size=8), "b": x[30:]}
+    pvae.fit(model, guide, streams, num_epochs=2, batch_size=6, learning_rate=0.05, seed=3)
+    results["streams"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
     # The importance-weighted objective, and a resume mid-way, give the same parameters too.
     pyro.clear_param_store()
     pvae.fit(

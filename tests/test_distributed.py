@@ -47,6 +47,13 @@ def test_two_processes_train_the_same_parameters_as_one(runs):
         assert epoch_two["train_bound"] == pytest.approx(epoch_single["train_bound"], rel=1e-9)
 
 
+def test_named_streams_train_the_same_parameters_on_two_processes_as_on_one(runs):
+    single, (rank0, rank1), _ = runs
+    for name, value in single["streams"].items():
+        assert torch.equal(rank0["streams"][name], rank1["streams"][name]), name
+        assert torch.allclose(rank0["streams"][name], value, rtol=1e-9, atol=1e-12), name
+
+
 def test_importance_weighted_training_resumed_midway_matches_one_process(runs):
     single, (rank0, rank1), _ = runs
     for name, value in single["dreg_resumed"].items():

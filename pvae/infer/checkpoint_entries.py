@@ -64,6 +64,7 @@ _OPTIONAL_TRAINING_ENTRIES = {
     "lr_scheduler": dict[str, Any] | None,
     "early_stopping": dict[str, Any],
     "epoch": int,
+    "streams": dict[str, dict[str, Any]],
 }
 _PROGRESS_ENTRIES = {
     "seed": int,

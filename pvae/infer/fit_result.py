@@ -34,6 +34,9 @@ class FitResult:
     best_held_out_bound: float | None = None
     held_out_bound_name: str = "ELBO"  # or IWAE_K, with held_out_num_samples=K
     stopped_early: bool = False  # by patience, before num_epochs
+    # Why the training figure is not a bound on log p(x) (pyro.factor terms, sites the model
+    # weighs; pvae.infer.bound_caveat), as the model stood in the last epoch; None: it is one.
+    train_bound_caveat: str | None = None
 
     def history_dicts(self) -> list[dict]:
         return [dataclasses.asdict(stats) for stats in self.history]

@@ -59,6 +59,30 @@ class HeldOutBound:
         return _elbo(self.model, self.guide, self.tensors, self.cluster, self.device), None
 
 
+class HeldOutStreams:
+    """Held-out data of several named streams (``{"labelled": (x, y), "unlabelled": x}``),
+    each scored as :class:`HeldOutBound` scores plain data; the figures are the means over
+    all their datapoints (each stream weighs by its size, as in the training objective)."""
+
+    def __init__(self, model, guide, held_out: dict, samples: int, cluster: Cluster, device):
+        self.parts = {}
+        for name, tensors in held_out.items():
+            try:
+                self.parts[name] = HeldOutBound(model, guide, tensors, samples, cluster, device)
+            except ValueError as error:
+                raise ValueError(f"held_out[{name!r}]: {error}") from None
+
+    def evaluate(self) -> tuple[float, float | None]:
+        """The held-out ELBO and IWAE_K (None with K = 1), nats per datapoint of all streams."""
+        sizes = {name: part.tensors[0].shape[0] for name, part in self.parts.items()}
+        figures = {name: part.evaluate() for name, part in self.parts.items()}
+        total = sum(sizes.values())
+        elbo = sum(figures[name][0] * sizes[name] for name in sizes) / total
+        if any(iwae is None for _, iwae in figures.values()):
+            return elbo, None
+        return elbo, sum(figures[name][1] * sizes[name] for name in sizes) / total
+
+
 def _elbo(model, guide, tensors, cluster: Cluster, device: torch.device) -> float:
     """Mean per-datapoint held-out ELBO, each rank evaluating a contiguous shard."""
     num_data = tensors[0].shape[0]

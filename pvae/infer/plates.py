@@ -45,14 +45,16 @@ class ScaleDataPlate(Messenger):
         ... )  # doctest: +SKIP
     """
 
-    def __init__(self, num_data: int):
+    def __init__(self, num_data: int, others: float = 1.0):
         super().__init__()
-        self.num_data = num_data
+        self.num_data, self.others = num_data, others
 
     def _pyro_sample(self, msg) -> None:
         factor = self._factor(msg)
         if factor is not None:
             msg["scale"] = msg["scale"] * factor
+        elif self.others != 1.0:
+            msg["scale"] = msg["scale"] * self.others
 
     def _pyro_post_sample(self, msg) -> None:
         # Recorded after sampling: poutine.replay swaps the site's infer dict for the guide's

@@ -24,15 +24,22 @@ from pvae.infer.checks import check_owner, observed_sites
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.fast_elbo import ReparameterizedELBO
 from pvae.infer.fit_result import EpochStats
-from pvae.infer.held_out import HeldOutBound
+from pvae.infer.held_out import HeldOutBound, HeldOutStreams
 from pvae.infer.objectives import ScaleDataPlate, choose_objective, inspect_model
 from pvae.infer.plates import trace_pair
 from pvae.infer.run_checkpoints import CheckpointWriter, resumed_from
 from pvae.infer.schedules import EarlyStopping, make_lr_scheduler
 from pvae.infer.settings import TrainConfig
-from pvae.infer.sources import as_tensors, read_training_data
-from pvae.infer.training_sources import TrainingSource, training_device, training_source
+from pvae.infer.sources import as_tensors
 from pvae.infer.training_state import Parameters, RandomState, TrainingState
+from pvae.infer.training_streams import (
+    Stream,
+    Streams,
+    is_streams,
+    read_streams,
+    streams_device,
+    training_streams,
+)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,11 +58,12 @@ class FitSettings(TrainConfig):
 
 
 class ScaledObjective:
-    """The training objective of the model and guide, with the data plate scaled from a
-    minibatch to the data (:class:`pvae.infer.objectives.ScaleDataPlate`)."""
+    """The training objective of the model and guide on one data stream, with the data
+    plate scaled from a minibatch to the stream (:class:`pvae.infer.objectives.ScaleDataPlate`)
+    and the sites outside it weighed by ``others`` (1 / the number of streams)."""
 
-    def __init__(self, elbo, model, guide, num_data: int):
-        self.elbo, self.scale = elbo, ScaleDataPlate(num_data)
+    def __init__(self, elbo, model, guide, num_data: int, others: float = 1.0):
+        self.elbo, self.scale = elbo, ScaleDataPlate(num_data, others)
         self.model, self.guide = self.scale(model), self.scale(guide)
 
     def loss(self, rows, plate_size: float) -> torch.Tensor:
@@ -68,12 +76,14 @@ class ScaledObjective:
 class Run:
     """Everything one call of :func:`pvae.fit` trains with, complete."""
 
+    model: Callable
+    guide: Callable
     settings: FitSettings
     cluster: Cluster
     device: torch.device
-    source: TrainingSource
-    held_out: HeldOutBound | None
-    objective: ScaledObjective
+    source: Streams
+    held_out: HeldOutBound | HeldOutStreams | None
+    objectives: tuple[ScaledObjective, ...]  # one per stream
     state: TrainingState
     num_epochs: int  # in all, those of the resumed checkpoint included
     checkpoints: CheckpointWriter
@@ -85,18 +95,18 @@ def build_run(
     """The run of fit's arguments, restored from ``resume`` (a path, a loaded checkpoint or
     None); ``ValueError`` for anything wrong, before any step."""
     settings.check()
-    data = read_training_data(data)
-    device = training_device(data, device)
+    streams = read_streams(data)
+    device = streams_device(streams, device)
     cluster = connect(device, distributed)
     _check_batch_size(settings.batch_size, cluster)
     held_out_tensors = _held_out_tensors(held_out, settings)
     for schedule in settings.epoch_schedules:  # the first trace below sees epoch 0
         schedule.set_epoch(0)
     seed = _seed(settings.seed, cluster, device)
-    source = training_source(data, model, guide, settings, device, cluster)
+    source = training_streams(streams, model, guide, settings, device, cluster)
     held_out = _check_data(model, guide, source, held_out_tensors, settings, cluster)
-    objective = _objective(model, guide, source, settings)
-    params = _trained_parameters(objective, source.first, cluster, device)
+    objectives = _objectives(model, guide, source, settings)
+    params = _trained_parameters(objectives, source, cluster, device)
     state = _training_state(params, source, settings, optimizer, seed, cluster)
     checkpoints = CheckpointWriter(
         settings.checkpoint_path, settings.checkpoint_extra, model, cluster, held_out is not None
@@ -108,8 +118,9 @@ def build_run(
     if settings.more_epochs is not None:
         num_epochs = state.position.epoch + settings.more_epochs
     return Run(
-        settings, cluster, device, source, held_out, objective, state, num_epochs, checkpoints
-    )
+        model, guide, settings, cluster, device, source, held_out, objectives, state,
+        num_epochs, checkpoints,
+    )  # fmt: skip
 
 
 def _check_batch_size(batch_size: int, cluster: Cluster) -> None:
@@ -121,7 +132,8 @@ def _check_batch_size(batch_size: int, cluster: Cluster) -> None:
 
 
 def _held_out_tensors(held_out, settings: FitSettings):
-    """``held_out`` as tensors (None: none), refused where settings watch it and it is none."""
+    """``held_out`` as tensors, or a dict of them for named streams (None: none), refused
+    where settings watch it and it is none."""
     if held_out is None and settings.patience is not None:
         raise ValueError("patience stops on the held-out bound: pass held_out= data too")
     if held_out is None and settings.held_out_num_samples > 1:
@@ -129,7 +141,16 @@ def _held_out_tensors(held_out, settings: FitSettings):
             f"held_out_num_samples={settings.held_out_num_samples} is the K of the held-out "
             "IWAE bound: pass held_out= data too"
         )
-    return as_tensors(held_out, "held_out") if held_out is not None else None
+    if held_out is None:
+        return None
+    if not is_streams(held_out):
+        return as_tensors(held_out, "held_out")
+    if not held_out:
+        raise ValueError("held_out is an empty dict: give at least one named stream of data")
+    return {
+        name: as_tensors(data.data if isinstance(data, Stream) else data, f"held_out[{name!r}]")
+        for name, data in held_out.items()
+    }
 
 
 def _seed(seed: int | None, cluster: Cluster, device: torch.device) -> int:
@@ -142,36 +163,55 @@ def _seed(seed: int | None, cluster: Cluster, device: torch.device) -> int:
     return base_seed
 
 
-def _check_data(model, guide, source: TrainingSource, held_out, settings, cluster):
-    """The training rows as the model sees them, then the held-out data (returned as their
-    :class:`HeldOutBound`, or None)."""
+def _check_data(model, guide, source: Streams, held_out, settings, cluster):
+    """The training rows of every stream as the model sees them, then the held-out data
+    (returned as their :class:`HeldOutBound`, or None)."""
     # The first rows' trace learns the model's observed sites (with the training's draws, as
     # ever); then the rows are checked as the model sees them: converted, or transformed
     # chunk by chunk (a random transform's draws under a forked generator, so training's
     # numbers stay).
-    if source.owner_rows is not None:
-        check_owner(model, source.owner_rows)
-    sites = observed_sites(model, guide, source.first)
-    rows = source.rows_to_check
-    checks.check_rows(
-        model, guide, sites, rows.rows, "data", source.device, rows.transform, rows.dtype
-    )
+    for index, part in enumerate(source.parts):
+        if part.owner_rows is not None:
+            check_owner(model, part.owner_rows, source.where(index))
+        sites = observed_sites(model, guide, part.first)
+        rows = part.rows_to_check
+        checks.check_rows(
+            model, guide, sites, rows.rows, source.where(index), part.device, rows.transform,
+            rows.dtype,
+        )  # fmt: skip
     if held_out is None:
         return None
     samples = settings.held_out_num_samples
+    if isinstance(held_out, dict):
+        return HeldOutStreams(model, guide, held_out, samples, cluster, source.device)
     return HeldOutBound(model, guide, held_out, samples, cluster, source.device)
 
 
-def _objective(model, guide, source: TrainingSource, settings) -> ScaledObjective:
-    with pyro.validation_enabled(True):
-        traces = trace_pair(model, guide, *source.first)
-        nesting = inspect_model(model, guide, traces=traces)
-    elbo = choose_objective(settings.objective, settings.num_particles, nesting, traces)
-    return ScaledObjective(elbo, model, guide, source.num_data)
+def _objectives(model, guide, source: Streams, settings) -> tuple[ScaledObjective, ...]:
+    """Each stream's objective, chosen from its first minibatch's trace (a labelled stream
+    may take the fast ELBO, an unlabelled one TraceEnum_ELBO)."""
+    objectives = []
+    for index, part in enumerate(source.parts):
+        with pyro.validation_enabled(True):
+            traces = trace_pair(model, guide, *part.first)
+            nesting = inspect_model(model, guide, traces=traces)
+        try:
+            elbo = choose_objective(settings.objective, settings.num_particles, nesting, traces)
+        except ValueError as error:
+            if source.names[index] is None:
+                raise
+            raise ValueError(f"{source.where(index)}: {error}") from None
+        others = 1.0 / len(source.parts)
+        objectives.append(ScaledObjective(elbo, model, guide, part.num_data, others))
+    return tuple(objectives)
 
 
-def _trained_parameters(objective: ScaledObjective, first, cluster: Cluster, device):
-    params = _parameters(objective.elbo, objective.model, objective.guide, first)
+def _trained_parameters(objectives, source: Streams, cluster: Cluster, device):
+    """The parameters of every stream's objective (the union: a stream may leave a network
+    out), broadcast from rank 0."""
+    params: dict[str, torch.Tensor] = {}
+    for objective, part in zip(objectives, source.parts, strict=True):
+        params.update(_parameters(objective.elbo, objective.model, objective.guide, part.first))
     if not params:
         raise ValueError(
             "the model and guide have no parameters to train: register networks with "
@@ -179,13 +219,14 @@ def _trained_parameters(objective: ScaledObjective, first, cluster: Cluster, dev
         )
     _check_devices(list(params.values()), device)
     cluster.broadcast_(params.values())  # every rank starts from rank 0's weights
-    if isinstance(objective.elbo, ReparameterizedELBO):
-        objective.elbo.cache_parameters(params)
+    for objective in objectives:
+        if isinstance(objective.elbo, ReparameterizedELBO):
+            objective.elbo.cache_parameters(params)
     return params
 
 
 def _training_state(
-    params, source: TrainingSource, settings: FitSettings, optimizer, seed, cluster
+    params, source: Streams, settings: FitSettings, optimizer, seed, cluster
 ) -> TrainingState:
     if optimizer is None:
         optimizer = adam(list(params.values()), settings.learning_rate)
@@ -202,7 +243,8 @@ def _training_state(
         stopping,
         position,
         RandomState(cluster, position),
-        source.num_data,
+        source.lead_size,
+        source,
     )
 
 

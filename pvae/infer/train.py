@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pvae.errors import TrainingDiverged, TrainingInterrupted
+from pvae.infer.bound_caveat import objective_caveat
 from pvae.infer.fit_result import CsvLog, EpochStats, FitResult
 from pvae.infer.folder_lock import folder_lock
 from pvae.infer.precision import autocast, matmul_precision
@@ -92,7 +93,16 @@ def fit(
     stays exact) or a ``DataLoader`` (its own batches, order and workers; iterable datasets
     larger than memory too; ``num_data`` is the dataset's size, from ``len()`` unless given;
     an epoch interrupted midway restarts when resumed); these are checked on their first
-    minibatch, and read on the host (``device`` says where the steps run). The first step
+    minibatch, and read on the host (``device`` says where the steps run). ``data`` may
+    also be a dict of named streams, e.g. ``{"labelled": (x_l, y_l), "unlabelled": x_u}``,
+    each any of these forms or a :class:`pvae.Stream` with its own ``batch_size`` and
+    ``transform``: each step takes one minibatch of every stream and calls model and guide
+    once per stream, each stream's data plate scaled to its size and global sites counted
+    once a step; an epoch is one pass over the stream with the most minibatches (the first
+    of equals), the others cycle in seeded orders (:mod:`pvae.infer.training_streams`).
+    Terms that are not part of the bound (M2's classification term) go in the model as
+    ``pyro.factor``; the result's ``train_bound_caveat`` then says that the training figure
+    is no bound. The first step
     runs with Pyro's validation on; if ``model`` is a method of an object with
     ``check_data`` (as :class:`pvae.VAE`), the data are checked against the likelihood's
     support before it. Entries an earlier model
@@ -107,7 +117,8 @@ def fit(
             need every site in the data plate; the reported train figure is then the
             objective's own bound.
         held_out: data evaluated after each epoch (mean per-datapoint ELBO, nats; and
-            IWAE_K with ``held_out_num_samples``).
+            IWAE_K with ``held_out_num_samples``), or a dict of named streams (the mean over
+            all their datapoints).
         clip_norm: clip the gradients' total norm to this value each step.
         csv_path: file that gets one row per epoch.
         checkpoint_path: written atomically after every epoch, and when SIGINT/SIGTERM
@@ -249,17 +260,25 @@ class _Loop:
             best_held_out_bound=early_stopping.best_bound if early_stopping.best_epoch else None,
             held_out_bound_name=early_stopping.bound_name,
             stopped_early=early_stopping.should_stop and position.epoch < run.num_epochs,
+            train_bound_caveat=objective_caveat(
+                run.model, run.guide, [part.first for part in run.source.parts], run.device
+            ),
         )
 
-    def _step(self, minibatch: Minibatch, stop_requested: bool):
-        """One optimizer step on this rank's share of the global minibatch; returns its loss
-        and the stop flags summed over the ranks."""
+    def _step(self, minibatches: tuple[Minibatch, ...], stop_requested: bool):
+        """One optimizer step on this rank's share of the global minibatch of every stream;
+        returns its loss and the stop flags summed over the ranks."""
         run, optimizer = self.run, self.run.state.optimizer
         optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=run.device)
-        if minibatch.rows is not None:
-            with autocast(run.settings.precision, run.device):
-                loss = run.objective.loss(minibatch.rows, minibatch.plate_size)
+        with autocast(run.settings.precision, run.device):
+            losses = [
+                objective.loss(minibatch.rows, minibatch.plate_size)
+                for objective, minibatch in zip(run.objectives, minibatches, strict=True)
+                if minibatch.rows is not None
+            ]
+        if losses:
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
             loss.backward()
         flag = self.stop_flags[stop_requested]
         flags = run.cluster.sum_gradients(self.params, flag)

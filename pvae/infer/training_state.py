@@ -214,7 +214,9 @@ class TrainingState:
     """Everything training changes, as parts that each own a section of the checkpoint.
 
     ``lr_scheduler`` may be None (no schedule: its section is None). ``num_data`` is what
-    a saved mid-epoch order must be a permutation of.
+    a saved mid-epoch order must be a permutation of (the lead stream's size). ``streams``,
+    when given, keeps the place of fit's data streams that do not lead (the checkpoint's
+    ``streams``, absent for plain data).
     """
 
     def __init__(
@@ -226,10 +228,11 @@ class TrainingState:
         position: Position,
         rng: RandomState,
         num_data: int,
+        streams=None,
     ):
         self.params, self.optimizer, self.lr_scheduler = params, optimizer, lr_scheduler
         self.early_stopping, self.position, self.rng = early_stopping, position, rng
-        self.num_data = num_data
+        self.num_data, self.streams = num_data, streams
 
     def _parts(self) -> dict[str, Any]:
         """The checkpoint's sections and their owners, in the order they are restored (the
@@ -247,7 +250,8 @@ class TrainingState:
         """The sections; with several processes, every rank must call it (the generators)."""
         parts = self._parts().items()
         state = {key: None if part is None else part.state_dict() for key, part in parts}
-        return {**state, "epoch": self.position.epoch}
+        streams = None if self.streams is None else self.streams.state_dict()
+        return {**state, "epoch": self.position.epoch, **({"streams": streams} if streams else {})}
 
     def load_state_dict(self, saved: Mapping[str, Any], source: str) -> None:
         """Take back what :meth:`state_dict` wrote; any damage is one ``ValueError`` that
@@ -264,6 +268,8 @@ class TrainingState:
             if key != "params" and part is not None and section is not None:
                 with restoring(source, key):
                     part.load_state_dict(section)
+        if self.streams is not None:
+            self.streams.load_state_dict(saved.get("streams"), source)
         if self.early_stopping.held_out_samples != held_out_samples:
             raise ValueError(
                 f"the checkpoint chose its best epoch by the held-out "
