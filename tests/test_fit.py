@@ -189,3 +189,27 @@ def test_default_optimizer_is_fused_adam_with_the_same_updates_as_plain_adam():
     assert not pvae.infer.train.adam([torch.zeros(2, requires_grad=True), integer], 1e-3).defaults[
         "fused"
     ]
+
+
+def test_an_unsized_data_plate_is_scaled_as_a_sized_one():
+    """pyro.plate("data") without a size (Pyro's ss_vae example) stands for the rows given."""
+
+    def model(x, sized):
+        theta = pyro.param("theta", torch.tensor(0.5))
+        with pyro.plate("data", x.shape[0] if sized else None):
+            pyro.sample("x", dist.Normal(theta, 1.0).expand([1]).to_event(1), obs=x)
+
+    def guide(x, sized):
+        pass
+
+    x = torch.linspace(-1, 1, 4)[:, None]
+    plate = ScaleDataPlate(40, rows=4)
+    losses = [
+        pyro.infer.Trace_ELBO().differentiable_loss(plate(model), plate(guide), x, sized)
+        for sized in (True, False)
+    ]
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(losses[0], -10 * dist.Normal(0.5, 1.0).log_prob(x).sum())
+    with pytest.raises(ValueError, match=r"pyro.plate\('data'\) has no size"):
+        no_rows = ScaleDataPlate(40)
+        pyro.infer.Trace_ELBO().differentiable_loss(no_rows(model), no_rows(guide), x, False)

@@ -94,7 +94,7 @@ def _chunk_losses(
             if seed is not None:
                 seed_torch(seed[0], seed[1] + index)
             # Scale 1 per datapoint, whatever size the model declares for its data plate.
-            per_point = ScaleDataPlate(chunk[0].shape[0])
+            per_point = ScaleDataPlate(chunk[0].shape[0], rows=chunk[0].shape[0])
             if isinstance(elbo, pyro.infer.ELBO):  # e.g. TraceEnum_ELBO: no differentiable
                 loss = elbo.loss(per_point(model), per_point(guide), *chunk)  # loss under no_grad
             else:

@@ -408,9 +408,14 @@ class _EnumeratedGuideDraws(_GuideDraws):
         shape, enumerated_values = [1] * dims, {}
         for name, site in sites:
             if enumerated(site):
-                dim = site["infer"]["_enumerate_dim"]
-                shape[dims + dim + nesting + 1] = site["value"].size(dim - site["fn"].event_dim)
-                enumerated_values[name] = site["value"]
+                dim, value = site["infer"]["_enumerate_dim"], site["value"]
+                batch_dims = value.dim() - site["fn"].event_dim
+                shape[dims + dim + nesting + 1] = value.size(dim - site["fn"].event_dim)
+                # y's support alone: a guide that expands it (config_enumerate(expand=True),
+                # as Pyro's ss_vae) gives it this block's shape, which the next one lacks.
+                support = [slice(None) if axis == batch_dims + dim else slice(0, 1)
+                           for axis in range(batch_dims)]  # fmt: skip
+                enumerated_values[name] = value[tuple(support)]
         # y's values are its support, the same in every block.
         self.enumeration_dims, self.enumerated_values = dims, enumerated_values
         log_q = enumerated_log_density(drawn, nesting, dims).double()

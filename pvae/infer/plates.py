@@ -45,9 +45,9 @@ class ScaleDataPlate(Messenger):
         ... )  # doctest: +SKIP
     """
 
-    def __init__(self, num_data: int, others: float = 1.0):
+    def __init__(self, num_data: int, others: float = 1.0, rows: int | None = None):
         super().__init__()
-        self.num_data, self.others = num_data, others
+        self.num_data, self.others, self.rows = num_data, others, rows
 
     def _pyro_sample(self, msg) -> None:
         factor = self._factor(msg)
@@ -67,6 +67,13 @@ class ScaleDataPlate(Messenger):
         for frame in msg["cond_indep_stack"]:
             if frame.name == DATA_PLATE:
                 declared = frame.full_size if frame.full_size is not None else frame.size
+                if declared == -1:  # pyro.plate("data") without a size: the rows given
+                    if self.rows is None:
+                        raise ValueError(
+                            "pyro.plate('data') has no size: give it one, e.g. "
+                            "pyro.plate('data', x.shape[0])"
+                        )
+                    declared = self.rows
                 return self.num_data / declared
         return None
 

@@ -68,7 +68,7 @@ class ScaledObjective:
 
     def loss(self, rows, plate_size: float) -> torch.Tensor:
         """The differentiable loss of ``rows``, scaled as a share of ``plate_size`` rows."""
-        self.scale.num_data = plate_size
+        self.scale.num_data, self.scale.rows = plate_size, rows[0].shape[0]
         return self.elbo.differentiable_loss(self.model, self.guide, *rows)
 
 
