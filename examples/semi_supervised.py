@@ -33,31 +33,34 @@ held-out ELBO is reported at weight 1. These defaults were chosen from a dozen r
 on the held-out digits (there is no other labelled set), so the M2 figures are somewhat
 optimistic too.
 
-Training does not use pvae.fit, which takes one dataset with one minibatch scale: M2 has
-two datasets of very different sizes (100 labelled and 3,900 unlabelled digits) and a
-classification term on one of them. Each step takes one unlabelled and one labelled
-minibatch, scales each term to its full dataset (so the loss is an unbiased estimate of
-the whole objective) and takes one Adam step; an epoch is one pass over the unlabelled
-digits. Training digits are binarized afresh in every minibatch, held-out digits once with
-pvae's fixed seed (the IWAE protocol, see pvae.data).
+Training is pvae.fit with two named data streams, {"labelled": (x, y), "unlabelled": x}:
+each step takes one minibatch of each, calls model and guide once per stream, scales each
+stream's terms to its full size (so the loss is an unbiased estimate of the whole
+objective) and takes one Adam step; an epoch is one pass over the unlabelled digits (the
+longer stream), while the labelled ones cycle. The classification term is a pyro.factor
+of the model on labelled rows, so fit's checkpoints, --resume, progress and held-out
+bounds all serve M2. Training digits are binarized afresh in every minibatch, held-out
+digits once with pvae's fixed seed (the IWAE protocol, see pvae.data).
 
-Every epoch prints the training bound (z's KL weighted) per training digit, the held-out
-ELBO (y summed out, nats per digit) and the held-out accuracy of q(y|x) (argmax), for
-monitoring only: the reported model is the last epoch's. The baseline is a classifier with
-q(y|x)'s architecture trained on the same labelled digits alone (cross-entropy, Adam,
---baseline-epochs, no early stopping: there is no labelled validation set); its best
-held-out accuracy over those epochs is printed too, an optimistic figure for it (the epoch
-is chosen on the held-out digits). Writes into --out: conditional_samples.png (one row per
-class, each column one z ~ p(z) shared by the rows: the style held fixed while the label
-changes) and analogies.png (held-out digits, then their style, the mean of q(z | x, y),
-decoded with every label).
+Every epoch prints the training objective per training digit (no bound: it holds the
+classification term and z's weight), the held-out ELBO (y summed out, nats per digit) and
+the held-out accuracy of q(y|x) (argmax), for monitoring only: the reported model is the
+last epoch's. At the end, pvae.log_likelihood gives the held-out IWAE_K (--num-samples):
+with y summed inside each importance weight, w_k = sum_y p(x, y, z_k^y) / q(z_k^y | x, y),
+an unbiased estimate of p(x), so its log-mean is a lower bound that tends to log p(x).
+The baseline is a classifier with q(y|x)'s architecture trained on the same labelled
+digits alone (cross-entropy, Adam, --baseline-epochs, no early stopping: there is no
+labelled validation set); its best held-out accuracy over those epochs is printed too, an
+optimistic figure for it (the epoch is chosen on the held-out digits). Writes into --out:
+conditional_samples.png (one row per class, each column one z ~ p(z) shared by the rows:
+the style held fixed while the label changes) and analogies.png (held-out digits, then
+their style, the mean of q(z | x, y), decoded with every label).
 """
-# test flags: -n 1 --batch-size 500 --z-dim 4 --hidden-dim 32 --baseline-epochs 3
+# test flags: -n 1 --batch-size 500 --z-dim 4 --hidden-dim 32 --baseline-epochs 3 --num-samples 5
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -72,6 +75,7 @@ from torch.nn import functional
 import pvae
 from pvae.cli import run_script
 from pvae.data import DynamicBinarization, held_out_data, stratified_split
+from pvae.infer.evaluation_mode import in_evaluation
 
 # Pyro's parameter store is global: names that no other pvae model uses.
 MODULE_PREFIX = "semi_supervised_m2"
@@ -105,7 +109,9 @@ class StyleEncoder(nn.Module):
 class M2(nn.Module):
     """Kingma et al.'s M2 as a Pyro model/guide pair; ``classify(x)`` gives q(y|x)'s logits.
 
-    ``z_kl_weight`` scales log p(z) and log q(z|x,y) (1: the ELBO; see :func:`z_kl_weight`).
+    In training (gradients on, outside pvae's evaluations), ``z_kl_weight`` scales log p(z)
+    and log q(z|x,y), and a labelled digit adds ``aux_loss_multiplier * log q(y|x)`` as a
+    ``pyro.factor``; held-out bounds see the model itself (weight 1, no factor).
 
     Example::
 
@@ -119,7 +125,7 @@ class M2(nn.Module):
     ):
         super().__init__()
         self.num_classes, self.z_dim = num_classes, z_dim
-        self.z_kl_weight = 1.0
+        self.z_kl_weight, self.aux_loss_multiplier = 1.0, 0.0
         self.classifier = make_classifier(x_dim, num_classes, hidden_dim, activation)
         self.encoder = StyleEncoder(x_dim, num_classes, z_dim, hidden_dim, activation)
         self.decoder = pvae.nets.MLP(z_dim + num_classes, [hidden_dim], x_dim, activation)
@@ -137,13 +143,22 @@ class M2(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
 
+    def trains(self) -> bool:
+        """Whether the objective is the training one: gradients on, no bound evaluated."""
+        return torch.is_grad_enabled() and not in_evaluation()
+
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """p(y) p(z) p(x | y, z); ``y`` observed when given, else a latent."""
         pyro.module(f"{MODULE_PREFIX}_decoder", self.decoder)
+        pyro.module(f"{MODULE_PREFIX}_classifier", self.classifier)
         with pyro.plate("data", x.shape[0]):
+            if y is not None and self.trains():
+                # Kingma et al.'s Eq. 9: alpha * log q(y|x) per labelled digit, no part of p.
+                log_q_y = dist.Categorical(logits=self.classify(x)).log_prob(y)
+                pyro.factor("classification", self.aux_loss_multiplier * log_q_y)
             prior_y = dist.Categorical(logits=x.new_zeros(self.num_classes))
             y = pyro.sample("y", prior_y, obs=y)
-            with poutine.scale(scale=self.z_kl_weight):
+            with poutine.scale(scale=self.z_kl_weight if self.trains() else 1.0):
                 z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self.decode(z, y)).to_event(1), obs=x)
 
@@ -157,23 +172,13 @@ class M2(nn.Module):
                 # Shape [classes, 1] under TraceEnum_ELBO, which weighs each by q(y|x).
                 y = pyro.sample("y", q_y, infer={"enumerate": "parallel"})
             loc, scale = self.encoder(x, self.one_hot(y))
-            with poutine.scale(scale=self.z_kl_weight):
+            with poutine.scale(scale=self.z_kl_weight if self.trains() else 1.0):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
 def make_classifier(x_dim: int, num_classes: int, hidden_dim: int, activation: str) -> nn.Module:
     """q(y|x)'s network (logits); the baseline is a fresh one."""
     return pvae.nets.MLP(x_dim, [hidden_dim], num_classes, activation)
-
-
-@contextlib.contextmanager
-def z_kl_weight(m2: M2, weight: float):
-    """Train with z's KL term weighted by ``weight``; back to the previous weight after."""
-    saved, m2.z_kl_weight = m2.z_kl_weight, weight
-    try:
-        yield
-    finally:
-        m2.z_kl_weight = saved
 
 
 def split_labels(labels: torch.Tensor, num_labelled: int, seed: int):
@@ -194,84 +199,41 @@ def split_labels(labels: torch.Tensor, num_labelled: int, seed: int):
     return torch.as_tensor(labelled), torch.as_tensor(unlabelled)
 
 
-def labelled_loss(m2: M2, x, y, num_labelled: int, aux_loss_multiplier: float):
-    """-L(x, y) - weight * log q(y|x), summed over the minibatch and scaled to
-    ``num_labelled`` digits; returns it and its bound part (-L, scaled the same way).
-
-    y is observed, nothing is enumerated: Trace_ELBO (TraceEnum_ELBO would warn every step).
-    """
-    scaled = pvae.objectives.ScaleDataPlate(num_labelled)
-    elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
-    bound = elbo.differentiable_loss(scaled(m2.model), scaled(m2.guide), x, y)
-    cross_entropy = functional.cross_entropy(m2.classify(x), y, reduction="sum")
-    return bound + aux_loss_multiplier * num_labelled / x.shape[0] * cross_entropy, bound
-
-
-def unlabelled_loss(m2: M2, x, num_unlabelled: int) -> torch.Tensor:
-    """-U(x) summed over the minibatch (y summed out exactly), scaled to ``num_unlabelled``."""
-    scaled = pvae.objectives.ScaleDataPlate(num_unlabelled)
-    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
-    return elbo.differentiable_loss(scaled(m2.model), scaled(m2.guide), x)
-
-
-@torch.no_grad()
-def held_out_elbo(m2: M2, x: torch.Tensor) -> float:
-    """Mean U(x) of ``x`` in nats per digit: pvae.estimate_elbo, which sums the guide's
-    enumerated y out (TraceEnum_ELBO), one z per label."""
-    return pvae.estimate_elbo(m2.model, m2.guide, x, batch_size=500)
-
-
 @torch.no_grad()
 def accuracy(classify, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` whose most probable class is ``y``."""
     return (classify(x).argmax(-1) == y).float().mean().item()
 
 
-def train_m2(args, m2: M2, x_unlabelled, x_labelled, y_labelled, held_out, held_out_y):
-    """Adam on pairs of minibatches (unlabelled, labelled), one line per epoch; returns the
-    last held-out ELBO and accuracy."""
-    optimizer = torch.optim.Adam(m2.parameters(), lr=args.learning_rate)
-    binarize_batch = DynamicBinarization()
-    num_u, num_l = x_unlabelled.shape[0], x_labelled.shape[0]
-    labelled_batch = min(args.batch_size, num_l)
-    # The minibatch order comes from its own generator: a function of --seed alone.
-    order = torch.Generator().manual_seed(args.seed)
-    device = x_unlabelled.device
-    for epoch in range(1, args.num_epochs + 1):
-        started, bound_sum, num_steps = time.perf_counter(), 0.0, 0
-        batches = torch.randperm(num_u, generator=order).to(device).split(args.batch_size)
-        for batch in batches:
-            chosen = torch.randperm(num_l, generator=order)[:labelled_batch].to(device)
-            # Pyro's argument checks on the first step only: they cost time on every step.
-            with (
-                pyro.validation_enabled(epoch == 1 and num_steps == 0),
-                z_kl_weight(m2, args.z_kl_weight),
-            ):
-                loss_u = unlabelled_loss(m2, binarize_batch(x_unlabelled[batch]), num_u)
-                loss_l, bound_l = labelled_loss(
-                    m2,
-                    binarize_batch(x_labelled[chosen]),
-                    y_labelled[chosen],
-                    num_l,
-                    args.aux_loss_multiplier,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            # Per training digit: the same minimum, and figures of a readable size.
-            ((loss_u + loss_l) / (num_u + num_l)).backward()
-            optimizer.step()
-            bound_sum += -(loss_u + bound_l).item() / (num_u + num_l)
-            num_steps += 1
+def train_m2(args, m2: M2, streams: dict, held_out, held_out_y, out: Path) -> pvae.FitResult:
+    """M2 by pvae.fit on the streams, one line per epoch; ``out/checkpoint.pt`` keeps it."""
+    m2.z_kl_weight, m2.aux_loss_multiplier = args.z_kl_weight, args.aux_loss_multiplier
+
+    def report(stats: pvae.EpochStats) -> None:
         m2.eval()
-        bound = held_out_elbo(m2, held_out)
         held_out_accuracy = accuracy(m2.classify, held_out, held_out_y)
         m2.train()
         print(
-            f"epoch {epoch:4d}  train bound {bound_sum / num_steps:9.2f}  "
-            f"held-out ELBO {bound:9.2f}  held-out accuracy {held_out_accuracy:.3f}  "
-            f"({time.perf_counter() - started:.1f} s)",
+            f"epoch {stats.epoch:4d}  train objective {stats.train_bound:9.2f}  "
+            f"held-out ELBO {stats.held_out_elbo:9.2f}  held-out accuracy "
+            f"{held_out_accuracy:.3f}  ({stats.seconds:.1f} s)",
             flush=True,
         )
-    return bound, held_out_accuracy
+
+    return pvae.fit(
+        m2.model,
+        m2.guide,
+        streams,
+        num_epochs=args.num_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        transform=DynamicBinarization(),
+        held_out=held_out,
+        seed=args.seed,
+        checkpoint_path=out / "checkpoint.pt",
+        resume=args.resume,
+        on_epoch_end=report,
+    )
 
 
 def train_baseline(args, x_labelled, y_labelled, held_out, held_out_y):
@@ -353,8 +315,17 @@ def main(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     m2 = M2(x_u.shape[1], args.num_classes, args.z_dim, args.hidden_dim, args.activation)
-    bound, m2_accuracy = train_m2(args, m2.to(device), x_u, x_l, y_l, held_out, held_out_y)
-    print(f"trained M2 in {time.perf_counter() - started:.0f} s")
+    # Every labelled digit in each step while they fit in one minibatch (100 with 100 labels).
+    labelled_digits = pvae.Stream((x_l, y_l), batch_size=min(args.batch_size, len(labelled)))
+    streams = {"labelled": labelled_digits, "unlabelled": x_u}
+    result = train_m2(args, m2.to(device), streams, held_out, held_out_y, out)
+    seconds = time.perf_counter() - started
+    print(f"trained M2 in {seconds:.0f} s; its training figure is {result.train_bound_caveat}")
+    m2.eval()
+    m2_accuracy = accuracy(m2.classify, held_out, held_out_y)
+    bound = pvae.log_likelihood(
+        m2.model, m2.guide, held_out, args.num_samples, seed=args.seed, progress=False
+    )
     started = time.perf_counter()
     final, best, best_epoch = train_baseline(args, x_l, y_l, held_out, held_out_y)
     print(
@@ -365,7 +336,10 @@ def main(args: argparse.Namespace) -> None:
         f"held-out accuracy: M2 q(y|x) {m2_accuracy:.3f}  baseline {final:.3f} "
         f"(its best epoch, {best_epoch}: {best:.3f})  [{len(labelled)} labels]"
     )
-    print(f"held-out ELBO (y summed out): {bound:.2f} nats per digit")
+    print(
+        f"held-out bounds (y summed out), nats per digit: ELBO {bound.elbo:.2f}  "
+        f"IWAE_{args.num_samples} {bound.mean:.2f} ± {bound.standard_error:.2f}"
+    )
     paths = save_pictures(m2, held_out, out, args.seed, data.image_shape)
     print(f"wrote {', '.join(path.name for path in paths)} to {out}")
 
@@ -388,6 +362,8 @@ def parser() -> argparse.ArgumentParser:
         help="weight of z's KL term (paper: 1; >= 1 keeps a bound on log p(x))",
     )
     p.add_argument("--baseline-epochs", type=int, default=300, help="epochs of the baseline")
+    p.add_argument("--num-samples", type=int, default=100, help="K of the final held-out IWAE_K")
+    p.add_argument("--resume", default=None, help="a checkpoint.pt of this example to go on from")
     p.add_argument("--activation", default="softplus", choices=sorted(pvae.nets.ACTIVATIONS))
     add_training_flags(p, out="runs/semi_supervised")
     # The paper's networks: one hidden layer of 500 units, a 50-dimensional z.

@@ -84,6 +84,25 @@ TINY = {
         "--candidates",
         "objective-iwae",
     ],
+    "ss_vae_peer.py": [
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+        "--train-points",
+        "400",
+        "--eval-points",
+        "20",
+        "--eval-samples",
+        "3",
+        "--z-dim",
+        "4",
+        "--hidden",
+        "16",
+        "--num-labelled",
+        "20",
+    ],  # fmt: skip
     "fashion_convergence.py": [
         "--train-size",
         "40",
@@ -138,8 +157,8 @@ def tiny_flags(script, tmp_path):
     """The script's tiny flags; quality.py and fashion_convergence.py read synthetic
     Fashion-MNIST IDX files in tmp_path, default_example.py the offline digits (tmp_path holds
     no MNIST)."""
-    if script == "default_example.py":
-        return [*TINY[script], "--data-dir", str(tmp_path)]
+    if script in ("default_example.py", "ss_vae_peer.py"):
+        return [*TINY[script], "--data-dir", str(tmp_path), "--out", str(tmp_path / "runs")]
     if script == "fashion_convergence.py":  # its default --out is the real runs' folder
         make_idx_dir(tmp_path / "fashion-mnist", compress=False, n_train=40, n_test=10)
         return [
@@ -172,5 +191,10 @@ def test_benchmark_runs_in_tiny_mode(script, tmp_path):
         names = ("pyro-example", "pyro-example, best epoch", "pvae-default", "objective-iwae")
         assert [line.split(" | ")[0][2:] for line in table_rows[1:5]] == list(names)
         assert "paired differences of IWAE_30" in done.stdout
+    if script == "ss_vae_peer.py":  # two models, two seeds, paired
+        assert [line.split(" | ")[:2] for line in table_rows[1:5]] == [
+            ["| pvae", "0"], ["| pyro", "0"], ["| pvae", "1"], ["| pyro", "1"]
+        ]  # fmt: skip
+        assert "paired differences, pvae − pyro, over 2 seed(s)" in done.stdout
     if script == "quality.py":
         assert f"fashion-mnist ({tmp_path / 'fashion-mnist'}): 300 train, 20" in done.stdout
