@@ -44,6 +44,7 @@ import warnings
 
 from pvae import config, data
 from pvae.analysis import anomaly, imputation, latent
+from pvae.analysis.diagnostics import Diagnosis, diagnose
 from pvae.config import Config, load_config, save_config
 from pvae.errors import ModelError, TrainingDiverged, TrainingInterrupted
 from pvae.infer import batches, objectives, precision
@@ -117,6 +118,8 @@ __all__ = [
     "variants",
     "ModelError",
     "data",
+    "diagnose",
+    "Diagnosis",
     "estimate_elbo",
     "fit",
     "likelihoods",

@@ -1,1 +1,1 @@
-"""What to do with a trained VAE: anomaly scores, imputation, the latent space."""
+"""What to do with a trained VAE: anomaly scores, imputation, the latent space, diagnostics."""
