@@ -4,6 +4,7 @@ pvae train DATA [--likelihood L] [-n EPOCHS] [--patience P] [--out DIR]   # your
 pvae evaluate CHECKPOINT [-k K] [--data DATA]   # held-out IWAE_K bound with k-hat check
 pvae evaluate CHECKPOINT --method ais --ais-steps T --chains C   # AIS estimate of log p(x)
 pvae evaluate CHECKPOINT --method bdmc --ais-steps T --chains C  # BDMC gap on simulated data
+pvae evaluate CHECKPOINT --diagnose [--log-px iwae]   # active units, KL split, inference gaps
 pvae sample CHECKPOINT --num-samples N --out FILE.npz [--label L]   # synthetic data
 
 Flags mean one thing in every command: ``-n`` epochs, ``-k`` importance samples K.
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pvae.analysis.diagnostics import diagnose
 from pvae.config import Config
 from pvae.data import held_out_data, load_dataset, load_user_data
 from pvae.flags import add_setting_flags, given_settings
@@ -44,18 +46,22 @@ from pvae.runs import (
     run_settings,
     train_run,
 )
-from pvae.viz.plots import plot_khat, save_sample_grid
+from pvae.viz.plots import plot_diagnosis, plot_khat, save_sample_grid
 
 # Prior draws decoded per batch by `pvae sample`: bounds memory for any --num-samples.
 _SAMPLE_BATCH = 10_000
 _GRID_SIZE = 100
 # The settings of a checkpoint's config that choose its held-out data.
 _DATA_KEYS = ("data", "held_out_fraction", "seed", "image_size", "dataset", "data_dir")
+# The --diagnose flags and their defaults (None in the parser: given without --diagnose is
+# refused).
+_DIAGNOSE_DEFAULTS = {"diagnose_points": 1000, "log_px": "ais", "local_steps": 500}
 
 
 @torch.no_grad()
 def evaluate(args: argparse.Namespace) -> None:
     """Held-out IWAE_K of a checkpoint's VAE on the held-out set of its dataset."""
+    _check_diagnose_flags(args)
     device = resolve_device(args.device)
     vae, state = load_vae(args.checkpoint, device)
     if state["model_args"].get("adversarial"):
@@ -67,12 +73,17 @@ def evaluate(args: argparse.Namespace) -> None:
     held_out, what = _evaluation_data(args, vae, state)
     if args.num_datapoints is not None:
         held_out = tuple(t[: args.num_datapoints] for t in held_out)
+    if args.diagnose:
+        held_out = tuple(t[: args.diagnose_points] for t in held_out)
     print(
         f"{args.checkpoint}: epoch {state.get('epoch', '?')}; {held_out[0].shape[0]} {what}; "
         f"device {device}"
     )
     vae.eval()
     started = time.perf_counter()
+    if args.diagnose:
+        _diagnose(args, vae, tuple(t.to(device) for t in held_out), device, started)
+        return
     if args.method != "iwae":
         summary = _evaluate_annealed(args, vae, tuple(t.to(device) for t in held_out))
         print(f"{summary} [{time.perf_counter() - started:.0f} s]")
@@ -90,6 +101,53 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"{result.summary()} [{time.perf_counter() - started:.0f} s]")
     if args.khat_plot:
         print(f"wrote {plot_khat(result, args.khat_plot)}")
+
+
+def _check_diagnose_flags(args: argparse.Namespace) -> None:
+    """Fill in the --diagnose flags' defaults; refuse them without --diagnose, or bad values."""
+    given = [k for k in (*_DIAGNOSE_DEFAULTS, "diagnose_plot") if getattr(args, k) is not None]
+    if not args.diagnose:
+        if given:
+            flags = ", ".join("--" + key.replace("_", "-") for key in given)
+            raise ValueError(f"{flags} {'needs' if len(given) == 1 else 'need'} --diagnose")
+        return
+    for key, default in _DIAGNOSE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    for key in ("diagnose_points", "local_steps"):
+        if getattr(args, key) < 1:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} must be a positive integer, got {getattr(args, key)}")
+    if args.method != "iwae":
+        raise ValueError(
+            f"--diagnose estimates log p(x) by --log-px (ais or iwae), not --method "
+            f"{args.method}: pass --log-px {'ais' if args.method == 'ais' else 'iwae'} instead"
+        )
+    if args.khat_plot:
+        raise ValueError("--khat-plot needs the plain IWAE evaluation: drop --diagnose")
+
+
+def _diagnose(args: argparse.Namespace, vae, held_out, device, started: float) -> None:
+    """pvae.diagnose on the held-out rows: print its summary and write its figure."""
+    options = {"data_chunk": args.data_chunk} if args.data_chunk is not None else {}
+    path = Path(args.diagnose_plot or Path(args.checkpoint).parent / "diagnosis.png")
+    path.parent.mkdir(parents=True, exist_ok=True)  # before the work, as pvae sample's --out
+    result = diagnose(
+        vae.model,
+        vae.guide,
+        held_out,
+        log_px=args.log_px,
+        local_steps=args.local_steps,
+        ais_steps=args.ais_steps,
+        ais_chains=args.chains,
+        iwae_samples=args.num_samples,
+        seed=args.seed,
+        device=device,
+        progress=None if args.progress else False,
+        **options,
+    )
+    print(f"{result.summary()} [{time.perf_counter() - started:.0f} s]")
+    print(f"wrote {plot_diagnosis(result, path)}")
 
 
 def _evaluate_annealed(args: argparse.Namespace, vae, held_out) -> str:
@@ -272,6 +330,36 @@ def _evaluate_command(commands) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--khat-plot", default=None, help="write a PNG of k-hat per datapoint")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    d = e.add_argument_group(
+        "diagnosis (--diagnose)",
+        "pvae.diagnose on the first --diagnose-points held-out rows: active units, KL per unit, "
+        "I_q(x;z) and the inference gap split into amortization and approximation gaps; prints "
+        "the table and writes a figure (default: diagnosis.png beside the checkpoint). log p(x) "
+        "by --log-px: ais (--ais-steps, --chains) or iwae (-k samples).",
+    )
+    d.add_argument("--diagnose", action="store_true", help="diagnose instead of --method")
+    d.add_argument(
+        "--diagnose-points", type=int, default=None, metavar="N",
+        help="diagnose the first N held-out rows (default 1000; mutual information costs N², "
+        "q* is fitted per row)",
+    )  # fmt: skip
+    d.add_argument(
+        "--log-px",
+        choices=["ais", "iwae"],
+        default=None,
+        help="how to estimate log p(x) (default ais)",
+    )
+    d.add_argument(
+        "--local-steps",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="Adam steps fitting q* to each row (default 500)",
+    )
+    d.add_argument(
+        "--diagnose-plot", default=None, metavar="PNG",
+        help="where to write the figure (default: diagnosis.png beside the checkpoint)",
+    )  # fmt: skip
     e.set_defaults(run=evaluate)
 
 

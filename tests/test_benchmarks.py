@@ -157,7 +157,9 @@ def tiny_flags(script, tmp_path):
     """The script's tiny flags; quality.py and fashion_convergence.py read synthetic
     Fashion-MNIST IDX files in tmp_path, default_example.py the offline digits (tmp_path holds
     no MNIST)."""
-    if script in ("default_example.py", "ss_vae_peer.py"):
+    if script == "default_example.py":
+        return [*TINY[script], "--data-dir", str(tmp_path)]
+    if script == "ss_vae_peer.py":  # its default --out is the real runs' folder
         return [*TINY[script], "--data-dir", str(tmp_path), "--out", str(tmp_path / "runs")]
     if script == "fashion_convergence.py":  # its default --out is the real runs' folder
         make_idx_dir(tmp_path / "fashion-mnist", compress=False, n_train=40, n_test=10)

@@ -46,7 +46,7 @@ class Stream:
         >>> streams = {
         ...     "labelled": pvae.Stream((x_l, y_l), batch_size=10),
         ...     "unlabelled": x_u,  # fit's batch_size and transform
-        ... }
+        ... }  # doctest: +SKIP
         >>> pvae.fit(m2.model, m2.guide, streams, batch_size=100)  # doctest: +SKIP
     """
 

@@ -1,5 +1,6 @@
 """Pictures of a trained VAE (PNG files): samples, reconstructions, paths through the latent
-space, the latent map, training curves and the k-hat plot of :func:`pvae.log_likelihood`.
+space, the latent map, training curves, the k-hat plot of :func:`pvae.log_likelihood` and the
+figure of :func:`pvae.diagnose`.
 
 Grids of images are tiled by ``torchvision.utils.make_grid``; labelled grids and charts are
 drawn on a bare matplotlib ``Figure``, which leaves pyplot's global state alone. Every
@@ -16,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pvae.analysis.diagnostics import Diagnosis
 from pvae.analysis.latent import interpolate, posterior_means, principal_components, traverse
 from pvae.infer.iwae import LogLikelihood
 
 __all__ = [
+    "plot_diagnosis",
     "plot_khat",
     "save_image_table",
     "save_interpolations",
@@ -401,3 +404,100 @@ def plot_khat(result: LogLikelihood, path: str | Path) -> Path:
     path = Path(path)
     figure.savefig(path)
     return path
+
+
+def plot_diagnosis(result: Diagnosis, path: str | Path) -> Path:
+    """Save a PNG of a :class:`pvae.Diagnosis`: (a) the KL per latent unit, active units
+    marked, and (b) the inference gap log p(x) − ELBO(q_φ) stacked from its amortization gap
+    (ELBO(q*) − ELBO(q_φ)) and approximation gap (log p(x) − ELBO(q*)), means over the data.
+
+    Panel (b) says so when the gaps were not computed (``diagnose(..., gaps=False)``).
+
+    Example::
+
+        >>> plot_diagnosis(pvae.diagnose(vae.model, vae.guide, x[:500]), "diagnosis.png")
+        ... # doctest: +SKIP
+    """
+    figure = _diagnosis_figure(result)
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def _diagnosis_figure(result: Diagnosis):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5), dpi=_DPI)
+    units, gaps = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    _plot_units(units, result)
+    _plot_gaps(gaps, result)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_units(axes, result: Diagnosis) -> None:
+    """Panel (a): E_x KL(q(z_u|x) ‖ p(z_u)) per unit, coloured by whether the unit is active."""
+    kl = result.kl_per_unit.double().numpy()
+    error = result.kl_per_unit_se.double().numpy()
+    active = result.active.numpy()
+    positions = np.arange(len(kl))
+    for chosen, colour, label in ((active, "C0", "active"), (~active, "C7", "inactive")):
+        if chosen.any():
+            axes.bar(
+                positions[chosen], np.nan_to_num(kl[chosen]), yerr=error[chosen],
+                color=colour, label=f"{label} ({int(chosen.sum())})",
+            )  # fmt: skip
+    step = max(1, math.ceil(len(kl) / 40))  # at most 40 names under the bars
+    axes.set_xticks(positions[::step], result.unit_names[::step], rotation=90, fontsize=7)
+    axes.set_xlim(-0.6, len(kl) - 0.4)
+    axes.set_ylabel("E_x KL(q(z_u|x) ‖ p(z_u)) (nats)")
+    axes.set_title(
+        f"(a) KL per latent unit: {result.num_active} of {len(kl)} active\n"
+        f"(active: Cov_x E[z_u|x] > {result.active_threshold:g})",
+        fontsize=10,
+    )
+    if np.isnan(kl).all():
+        axes.text(0.5, 0.5, "no KL per unit: q or p has no per-unit factors",
+                  transform=axes.transAxes, ha="center", va="center")  # fmt: skip
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3, axis="y")
+
+
+def _plot_gaps(axes, result: Diagnosis) -> None:
+    """Panel (b): a bar from ELBO(q_φ) up to log p(x), split at ELBO(q*), with each level."""
+    if result.log_px is None or result.optimal_elbo_per_datapoint is None:
+        axes.set_title("(b) inference gaps", fontsize=10)
+        axes.text(0.5, 0.5, "gaps were not computed\n(diagnose(..., gaps=False))",
+                  transform=axes.transAxes, ha="center", va="center")  # fmt: skip
+        axes.set_xticks([])
+        axes.set_yticks([])
+        return
+    elbo = result.elbo_per_datapoint.mean().item()
+    optimal = result.optimal_elbo_per_datapoint.mean().item()
+    log_px = result.log_px.mean().item()
+    amortization, approximation = optimal - elbo, log_px - optimal
+    axes.bar(0, amortization, bottom=elbo, width=0.5, color="C1",
+             label=f"amortization gap {amortization:.3f}")  # fmt: skip
+    axes.bar(0, approximation, bottom=optimal, width=0.5, color="C2",
+             label=f"approximation gap {approximation:.3f}")  # fmt: skip
+    levels = (
+        ("ELBO(q_φ)", elbo),
+        ("ELBO(q*)", optimal),
+        (f"log p(x) [{result.log_px_source}]", log_px),
+    )
+    for label, value in levels:
+        axes.axhline(value, color="black", linestyle=":", linewidth=1)
+        axes.text(0.3, value, f"{label} {value:.3f}", va="bottom", fontsize=8)
+    span = max(abs(amortization) + abs(approximation), 1e-3)
+    low, high = min(elbo, optimal, log_px), max(elbo, optimal, log_px)
+    axes.set_ylim(low - 0.1 * span, high + 0.15 * span)
+    axes.set_xlim(-0.4, 1.8)
+    axes.set_xticks([])
+    axes.set_ylabel("nats per datapoint (mean)")
+    axes.set_title(
+        f"(b) inference gap {log_px - elbo:.3f} nats "
+        f"({result.elbo_per_datapoint.numel()} datapoints)",
+        fontsize=10,
+    )
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.03), ncol=2)
+    axes.grid(alpha=0.3, axis="y")
