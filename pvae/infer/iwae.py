@@ -36,6 +36,7 @@ from pvae.infer.log_weights import (
     model_log_joint,
     per_datapoint_log_prob,
     sample_sites,
+    summed_log_weights,
 )
 from pvae.infer.plates import PARTICLE_PLATE, enumerated, inspect_model, trace_pair
 from pvae.infer.sources import rows_on
@@ -255,7 +256,7 @@ def _score_rows(
             p1 = min(p0 + particle_chunk, num_samples)
             values, log_q = draws.chunk(n0, n1, p0, p1)
             if enumerates:
-                log_w = _summed_log_weights(model, batch, values, log_q, nesting)
+                log_w = summed_log_weights(model, batch, values, log_q, nesting)
             else:
                 log_w = _model_log_prob(model, batch, values, p1 - p0, nesting) - log_q
             stats.update(log_w)
@@ -436,22 +437,6 @@ def _enumerated_value(site, nesting: int, dims: int, num_particles: int, num_dat
     shape = list(value.shape)
     shape[particle_axis], shape[data_axis] = num_particles, num_data
     return value.expand(shape), data_axis
-
-
-def _summed_log_weights(model, batch, values, log_q, nesting: int) -> torch.Tensor:
-    """log w [particles, datapoints] with the guide's enumerated y summed inside each weight:
-    log Σ_y p(x, y, z^y) / q(z^y | x, y), the model replayed on y's values and the draws
-    z^y, its own enumerated latents (left of y's dimensions) summed out of p as ever."""
-    dims = log_q.dim() - 2
-    guide_trace = poutine.Trace()
-    for name, value in values.items():
-        guide_trace.add_node(name, type="sample", is_observed=False, value=value, infer={})
-    with pyro.plate(PARTICLE_PLATE, log_q.shape[dims], dim=-(nesting + 1)):
-        enumerated_model = poutine.enum(model, first_available_dim=-(nesting + 2 + dims))
-        replayed = poutine.replay(enumerated_model, trace=guide_trace)
-        trace = poutine.trace(replayed).get_trace(*batch)
-    log_p = enumerated_log_density(list(sample_sites(trace)), nesting, dims).double()
-    return torch.logsumexp(log_p - log_q, list(range(dims)))
 
 
 def _model_log_prob(model, batch, values, num_particles: int, nesting: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ an importance weight built from it bounds nothing); scales the model sets itself
 (``poutine.scale``) are honoured by training objectives and refused where log p(x) itself is
 estimated. Model latents marked ``infer={"enumerate": "parallel"}`` are summed out of each
 weight exactly: log w = log Σ_c p(x, z, c) - log q(z | x). A latent y the guide enumerates is
-summed inside the held-out estimator's weights, log w = log Σ_y p(x, y, z^y) / q(z^y | x, y)
-(:func:`enumerated_log_density` keeps y's dimensions for it); the training objectives refuse it.
+summed inside each weight, log w = log Σ_y p(x, y, z^y) / q(z^y | x, y)
+(:func:`enumerated_log_density` keeps y's dimensions for it, :func:`summed_log_weights` sums
+them): the held-out estimator and the IWAE objective take it; q(y | x) is no part of it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import site_is_subsample
 
 from pvae.infer.plates import DATA_PLATE, MINIBATCH_SCALE, PARTICLE_PLATE, enumerated
-from pvae.infer.recording import ReplaySites, record_sites
+from pvae.infer.recording import ReplaySites, SiteRecorder, record_sites
 
 
 def sample_sites(trace):
@@ -369,9 +370,9 @@ def particle_log_weights(
         guide_trace = record_sites(guide, args)
         if any(enumerated(site) for _, site in sample_sites(guide_trace)):
             raise ValueError(
-                "the guide enumerates a discrete latent: importance-weighted objectives "
-                "draw every guide latent; enumerate it in the model instead, or train with "
-                "objective='elbo' (TraceEnum_ELBO); log_likelihood sums it inside each weight"
+                "the guide enumerates a discrete latent: this objective draws every guide "
+                "latent; train with objective='iwae' (which sums it inside each weight) or "
+                "'elbo' (TraceEnum_ELBO), or enumerate it in the model instead"
             )
         enumerated_model = enumerating(model, nesting) if enumerate_model else model
         replayed = ReplaySites(guide_trace.nodes)(enumerated_model)
@@ -389,6 +390,48 @@ def particle_log_weights(
         )
         log_w = log_w + (score - score.detach())
     return log_w, guide_trace, model_trace
+
+
+def guide_enumerated_log_weights(
+    model, guide, args, num_particles: int, nesting: int
+) -> tuple[torch.Tensor, SiteRecorder]:
+    """Differentiable log-weights [num_particles, batch] of a guide that enumerates a latent
+    y: log Σ_y p(x, y, z^y) / q(z^y | x, y), z^y drawn from q(z | x, y) for every value of
+    y (the guide's enumerated sites are no part of the weight), and the guide's sites.
+
+    Example::
+
+        >>> log_w, _ = guide_enumerated_log_weights(m2.model, m2.guide, (x,), 5, 1)
+        ... # doctest: +SKIP
+    """
+    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(nesting + 1)):
+        enumerated_guide = poutine.enum(guide, first_available_dim=-(nesting + 2))
+        guide_trace = record_sites(enumerated_guide, args)
+    sites = list(sample_sites(guide_trace))
+    dims = guide_enumeration_dims(sites, nesting)
+    drawn = [(name, site) for name, site in sites if not enumerated(site)]
+    log_q = enumerated_log_density(drawn, nesting, dims)
+    values = {name: site["value"] for name, site in sites if not site["is_observed"]}
+    log_q = log_q.expand(*log_q.shape[:dims], num_particles, args[0].shape[0])
+    return summed_log_weights(model, args, values, log_q, nesting, double=False), guide_trace
+
+
+def summed_log_weights(model, batch, values, log_q, nesting: int, double=True) -> torch.Tensor:
+    """log w [particles, datapoints] with the guide's enumerated y summed inside each weight:
+    log Σ_y p(x, y, z^y) / q(z^y | x, y), the model replayed on y's values and the draws
+    z^y, its own enumerated latents (left of y's dimensions) summed out of p as ever;
+    ``log_q`` is [*y, particles, datapoints]. In float64 unless ``double`` is False."""
+    dims = log_q.dim() - 2
+    guide_trace = poutine.Trace()
+    for name, value in values.items():
+        guide_trace.add_node(name, type="sample", is_observed=False, value=value, infer={})
+    with pyro.plate(PARTICLE_PLATE, log_q.shape[dims], dim=-(nesting + 1)):
+        enumerated_model = poutine.enum(model, first_available_dim=-(nesting + 2 + dims))
+        replayed = poutine.replay(enumerated_model, trace=guide_trace)
+        trace = poutine.trace(replayed).get_trace(*batch)
+    log_p = enumerated_log_density(list(sample_sites(trace)), nesting, dims)
+    log_p = log_p.double() if double else log_p
+    return torch.logsumexp(log_p - log_q, list(range(dims)))
 
 
 def guide_log_density(

@@ -15,6 +15,7 @@ from pvae.infer.log_weights import (
     checked_scale,
     data_frame,
     enumerating,
+    guide_enumerated_log_weights,
     guide_log_density,
     minibatch_scale,
     model_log_joint,
@@ -89,6 +90,31 @@ class IWAE(_ParticleObjective):
 
     def _per_datapoint(self, log_w, guide_trace, model, guide, args):
         return torch.logsumexp(log_w, 0) - math.log(self.num_particles)
+
+
+class GuideEnumeratedIWAE(IWAE):
+    """The IWAE bound of a guide that enumerates a discrete latent y (Kingma et al.'s M2):
+    log (1/K) Σ_k Σ_y p(x, y, z_k^y) / q(z_k^y | x, y), with z_k^y ~ q(z | x, y) for every y,
+    its plain reparameterized gradient.
+
+    Σ_y p(x, y, z^y) / q(z^y | x, y) is an unbiased estimate of p(x) with y summed exactly,
+    so q(y | x) is no part of the bound and gets no gradient from it: for M2 the
+    classification term (a ``pyro.factor``) is what trains it. STL and DReG have no such
+    form (their dropped terms are not zero-mean once y is summed inside the logarithm).
+
+    Example::
+
+        >>> loss = GuideEnumeratedIWAE(num_particles=5, max_plate_nesting=1)
+        >>> loss.differentiable_loss(m2.model, m2.guide, x)  # doctest: +SKIP
+    """
+
+    def differentiable_loss(self, model, guide, *args) -> torch.Tensor:
+        log_w, guide_trace = guide_enumerated_log_weights(
+            model, guide, args, self.num_particles, self.max_plate_nesting
+        )
+        _check_reparameterized(guide_trace, type(self).__name__)
+        per_datapoint = torch.logsumexp(log_w, 0) - math.log(self.num_particles)
+        return -minibatch_scale(guide_trace) * per_datapoint.sum()
 
 
 class DReG(IWAE):
@@ -252,10 +278,14 @@ def choose_objective(name: str, num_particles: int, nesting: int, traces: tuple)
                 f"objective 'meanfield' has no analytic KL for enumerated sites ({names}): "
                 "use objective='elbo', which sums them out exactly (TraceEnum_ELBO)"
             )
+        if in_guide and name == "iwae":
+            return GuideEnumeratedIWAE(num_particles, nesting)
         if in_guide:
             raise ValueError(
-                f"objective {name!r} draws every guide latent, but the guide enumerates "
-                f"{names}: enumerate it in the model instead, or use objective='elbo'"
+                f"objective {name!r} has no valid form when the guide enumerates {names}: "
+                "summed inside each weight, the terms it drops are no longer zero-mean. Use "
+                "objective='iwae' (y summed inside each weight) or 'elbo' (TraceEnum_ELBO), "
+                "or enumerate it in the model instead"
             )
     if name == "meanfield":
         _check_reparameterized(guide_trace, "'meanfield' (TraceMeanField_ELBO)")
@@ -287,7 +317,7 @@ def _per_datapoint_sites(traces) -> bool:
 
 def _check_reparameterized(guide_trace, objective: str) -> None:
     for name, site in sample_sites(guide_trace):
-        if not site["fn"].has_rsample:
+        if not site["fn"].has_rsample and not enumerated(site):
             raise ValueError(
                 f"guide site {name!r} is not reparameterized ({type(site['fn']).__name__}): "
                 f"objective {objective} needs rsample at every guide site; use objective='elbo'"
