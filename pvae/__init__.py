@@ -44,7 +44,7 @@ import warnings
 
 from pvae import config, data
 from pvae.analysis import anomaly, imputation, latent
-from pvae.analysis.diagnostics import Diagnosis, diagnose
+from pvae.analysis.diagnostics import Diagnosis, active_units, diagnose
 from pvae.config import Config, load_config, save_config
 from pvae.errors import ModelError, TrainingDiverged, TrainingInterrupted
 from pvae.infer import batches, objectives, precision
@@ -98,6 +98,7 @@ sys.meta_path.append(
 )
 
 __all__ = [
+    "active_units",
     "ais",
     "AnnealedLogLikelihood",
     "anomaly",

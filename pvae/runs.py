@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import pyro
 import torch
 
+from pvae.analysis.diagnostics import active_units
 from pvae.config import Config, read_config_file, renamed_settings, save_config
 from pvae.data import ImageData, held_out_data, load_dataset, load_user_data
 from pvae.data.transforms import holds_bytes
@@ -249,10 +251,11 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
         iwae = ""
         if stats.held_out_iwae is not None:
             iwae = f"  IWAE_{config.held_out_num_samples} {stats.held_out_iwae:9.2f}"
+        units = "" if config.adversarial else _active_units(vae, held_out, stats.epoch)
         say(
             f"epoch {stats.epoch:4d}  train {bound_name} {stats.train_bound:9.2f}  "
             f"held-out {held_out_name} {stats.held_out_elbo:9.2f}{terms}{iwae}  "
-            f"({stats.seconds:.1f} s){weight}",
+            f"({stats.seconds:.1f} s){units}{weight}",
             flush=True,
         )
 
@@ -278,6 +281,21 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
         logger.close()
     say(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
     return result
+
+
+def _active_units(vae: VAE, held_out: tuple, epoch: int) -> str:
+    """``  active units k/d`` on the held-out rows; a warning when none is active once the KL
+    weight is 1 (posterior collapse: the decoder ignores z)."""
+    active = active_units(vae.model, vae.guide, held_out)
+    if not active.any() and vae.kl_weight == 1:
+        warnings.warn(
+            f"posterior collapse: no latent unit is active after epoch {epoch} (Cov_x E[z|x] "
+            "<= 0.01 for each, Burda et al. 2016): the decoder ignores z. Try a KL warm-up "
+            "(--warmup-epochs 10), objective iwae or dreg, a smaller decoder or a lower "
+            "learning rate",
+            stacklevel=2,
+        )
+    return f"  active units {int(active.sum())}/{active.numel()}"
 
 
 def _state_and_config_file(vae: VAE, config: Config, out: Path) -> Callable[[], dict]:

@@ -273,3 +273,15 @@ def test_hierarchical_vae_runs_with_one_member_per_site():
     assert result.unit_names == ("z1[0]", "z1[1]", "z1[2]", "z2[0]", "z2[1]")
     assert torch.isfinite(result.kl_per_unit).all()
     assert torch.allclose(result.inference_gap, result.approximation_gap + result.amortization_gap)
+
+
+def test_active_units_alone_are_diagnoses_and_leave_the_random_numbers_alone():
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = pvae.build_vae(6, z_dim=3, hidden_dims=[5])
+    x = torch.bernoulli(torch.full((40, 6), 0.4))
+    state = torch.get_rng_state()
+    active = pvae.active_units(vae.model, vae.guide, x, threshold=1e-4)
+    assert torch.equal(state, torch.get_rng_state())
+    found = pvae.diagnose(vae.model, vae.guide, x, gaps=False, active_threshold=1e-4, seed=0)
+    assert torch.equal(active, found.active) and active.dtype == torch.bool

@@ -129,3 +129,22 @@ def test_tensorboard_gets_every_epochs_figures(tmp_path):
     assert {"train/bound", "held_out/reconstruction", "held_out/kl"} <= set(
         events.Tags()["scalars"]
     )
+
+
+def test_every_epoch_reports_the_active_units_and_a_collapse_is_a_warning(tmp_path, capsys):
+    standardized_features(tmp_path / "features.csv")
+    argv = ["train", str(tmp_path / "features.csv"), "--likelihood", "normal", "-n", "2"]
+    assert main([*argv, *TINY, "--out", str(tmp_path / "run")]) == 0
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    assert len(epochs) == 2 and all("active units " in line and "/2" in line for line in epochs)
+
+
+def test_no_active_unit_after_the_warm_up_warns_of_posterior_collapse(monkeypatch, tmp_path):
+    standardized_features(tmp_path / "features.csv")
+    monkeypatch.setattr(
+        pvae.runs, "active_units", lambda model, guide, data: torch.zeros(2, dtype=torch.bool)
+    )
+    argv = ["train", str(tmp_path / "features.csv"), "--likelihood", "normal", "-n", "1"]
+    with pytest.warns(UserWarning, match="posterior collapse: no latent unit is active after "
+                      "epoch 1.*--warmup-epochs"):  # fmt: skip
+        assert main([*argv, *TINY, "--out", str(tmp_path / "run")]) == 0

@@ -35,7 +35,7 @@ from pvae.infer.log_weights import sample_sites
 from pvae.infer.plates import enumerated, inspect_model, trace_pair
 from pvae.infer.recording import record_sites
 
-__all__ = ["Diagnosis", "diagnose"]
+__all__ = ["Diagnosis", "active_units", "diagnose"]
 
 LOG_PX_SOURCES = ("ais", "iwae")
 
@@ -252,6 +252,26 @@ def diagnose(
         unit_names=tuple(names), active_threshold=float(active_threshold),
         num_samples=num_samples, local_steps=local_steps if gaps else 0, **found, **fields,
     )  # fmt: skip
+
+
+def active_units(
+    model, guide, data, *, threshold: float = 0.01, num_samples: int = 100, seed: int = 0
+) -> torch.Tensor:
+    """Which latent units are active, Cov_x(E_q(z|x)[z_u]) > ``threshold`` (Burda et al.,
+    2016, §5.2), as a boolean tensor [units]: the cheap part of :func:`diagnose`, one guide
+    pass over ``data`` (``num_samples`` draws a datapoint where q has no ``.mean``), for a
+    check after every epoch. The training's random numbers are left alone.
+
+    Example::
+
+        >>> active_units(vae.model, vae.guide, test_x[:1000]).sum()  # doctest: +SKIP
+        tensor(17)
+    """
+    with evaluating(model, guide, data, seed=seed, progress=False, distributed=False) as run:
+        rows = run.rows(0, run.num_data)
+        nesting = inspect_model(model, guide, traces=trace_pair(model, guide, *run.rows(0, 2)))
+        means = encoding_means(guide, rows, nesting, num_samples, (run.seed, 1))
+    return (means.var(0) > threshold).cpu()
 
 
 def _check_arguments(
