@@ -324,6 +324,28 @@ CASES.update({
         TrainingDiverged,
         "no checkpoint_path was given, so nothing was saved",
     ),
+    "streams: an empty dict": (lambda t, m: fit_vae({}), ValueError, "give at least one"),
+    "streams: a name that is no identifier": (
+        lambda t, m: fit_vae({"my data": ones}), ValueError, "stream names are identifiers",
+    ),
+    "streams: a batch size of 0": (
+        lambda t, m: fit_vae({"a": pvae.Stream(ones, batch_size=0)}),
+        ValueError,
+        "data['a']: batch_size must be a positive integer",
+    ),
+    "streams: 0-255 values in one of them": (
+        lambda t, m: fit_vae({"binary": ones, "bytes": ones * 255}),
+        ValueError,
+        "data['bytes']",
+    ),
+    "streams: on two devices": (
+        lambda t, m: fit_vae({"a": ones, "b": ones.to("meta")}),
+        ValueError,
+        "the streams' data are on different devices",
+    ),
+    "held_out: an empty dict": (
+        lambda t, m: fit_vae(ones, held_out={}), ValueError, "held_out is an empty dict",
+    ),
 })  # fmt: skip
 
 if not torch.cuda.is_available():
