@@ -436,29 +436,37 @@ def _diagnosis_figure(result: Diagnosis):
 
 
 def _plot_units(axes, result: Diagnosis) -> None:
-    """Panel (a): E_x KL(q(z_u|x) ‖ p(z_u)) per unit, coloured by whether the unit is active."""
+    """Panel (a): E_x KL(q(z_u|x) ‖ p(z_u)) per unit, coloured by whether the unit is active;
+    where q or p has no per-unit factors (a VampPrior, a flow), each unit's activity
+    Cov_x E[z_u|x] on a log scale, with the threshold."""
     kl = result.kl_per_unit.double().numpy()
-    error = result.kl_per_unit_se.double().numpy()
+    by_kl = not np.isnan(kl).all()
+    values = kl if by_kl else result.encoding_variance.double().numpy()
+    error = result.kl_per_unit_se.double().numpy() if by_kl else None
     active = result.active.numpy()
-    positions = np.arange(len(kl))
+    positions = np.arange(len(values))
     for chosen, colour, label in ((active, "C0", "active"), (~active, "C7", "inactive")):
         if chosen.any():
             axes.bar(
-                positions[chosen], np.nan_to_num(kl[chosen]), yerr=error[chosen],
+                positions[chosen], np.nan_to_num(values[chosen]),
+                yerr=None if error is None else error[chosen],
                 color=colour, label=f"{label} ({int(chosen.sum())})",
             )  # fmt: skip
-    step = max(1, math.ceil(len(kl) / 40))  # at most 40 names under the bars
+    step = max(1, math.ceil(len(values) / 40))  # at most 40 names under the bars
     axes.set_xticks(positions[::step], result.unit_names[::step], rotation=90, fontsize=7)
-    axes.set_xlim(-0.6, len(kl) - 0.4)
-    axes.set_ylabel("E_x KL(q(z_u|x) ‖ p(z_u)) (nats)")
+    axes.set_xlim(-0.6, len(values) - 0.4)
+    shown = "KL per latent unit" if by_kl else "activity per latent unit (no per-unit KL)"
     axes.set_title(
-        f"(a) KL per latent unit: {result.num_active} of {len(kl)} active\n"
+        f"(a) {shown}: {result.num_active} of {len(values)} active\n"
         f"(active: Cov_x E[z_u|x] > {result.active_threshold:g})",
         fontsize=10,
     )
-    if np.isnan(kl).all():
-        axes.text(0.5, 0.5, "no KL per unit: q or p has no per-unit factors",
-                  transform=axes.transAxes, ha="center", va="center")  # fmt: skip
+    if by_kl:
+        axes.set_ylabel("E_x KL(q(z_u|x) ‖ p(z_u)) (nats)")
+    else:
+        axes.set_yscale("log")
+        axes.axhline(result.active_threshold, color="k", linestyle=":", linewidth=1)
+        axes.set_ylabel("Cov_x E[z_u|x]")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3, axis="y")
 
