@@ -3,6 +3,8 @@
 import re
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from PIL import Image
@@ -105,3 +107,21 @@ def test_plot_diagnosis_without_gaps_draws_the_units_and_says_so(tmp_path):
     path = plot_diagnosis(result, tmp_path / "units.png")
     assert path == tmp_path / "units.png"
     assert_png(path)
+
+
+def test_a_hand_written_models_checkpoint_is_refused_with_the_python_route(tmp_path, capsys):
+    """The command cannot rebuild code from a file (no file chooses code): it says to
+    rebuild the model and call pvae.diagnose, which takes any model/guide pair."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    pvae.fit(model, lambda x: None, torch.randn(20, 3), num_epochs=1, progress=False,
+             checkpoint_path=tmp_path / "hand.pt")  # fmt: skip
+    assert main(["evaluate", str(tmp_path / "hand.pt"), "--diagnose"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "holds no VAE architecture" in error[0]
+    assert "pvae.diagnose" in error[0]

@@ -216,7 +216,8 @@ def checked_model_args(
             f"{path} holds no VAE architecture (model_args): it is a checkpoint of a model "
             "that pvae.build_vae did not make (a hand-written model/guide, say). Rebuild the "
             "model in code and take its parameters from pvae.load_checkpoint(path)['params'], "
-            "or resume it with pvae.fit(..., resume=path)"
+            "or resume it with pvae.fit(..., resume=path); then score it with "
+            "pvae.log_likelihood, pvae.ais or pvae.diagnose"
         )
     types = typing.get_type_hints(ModelConfig)
     check_entries(model_args, f"{path}'s model_args", {"x_dim": int}, types)
