@@ -8,8 +8,8 @@ knows its size (the data plate's scale), gives its first minibatch (for the chec
 first trace), what the checks need, and one epoch's minibatches as the model sees them
 (converted to its dtype, transformed, on the training device), in fit's order from a
 :class:`~pvae.infer.training_state.Position`: an epoch interrupted midway continues where
-it stopped, except a ``DataLoader``'s (its order is its own), which starts again. Another
-kind of data (several named streams, one minibatch of each per step) is one more class.
+it stopped, except a ``DataLoader``'s (its order is its own), which starts again. Several
+named streams are one source per stream (:mod:`pvae.infer.training_streams`).
 """
 
 from __future__ import annotations
