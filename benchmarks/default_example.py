@@ -173,6 +173,15 @@ def train_pyro_example(train_x, held_out, args) -> list[Row]:
 
 def train_pvae(name: str, config: pvae.Config, train_x, held_out, args) -> Row:
     """pvae.fit with ``config``'s settings for the budget, scored at its best held-out epoch."""
+    vae, last, best_epoch, ended, *seconds = train_for_budget(config, train_x, held_out, args)
+    bound = score(vae.model, vae.guide, held_out, args)
+    return Row(name, last, *seconds, bound, best_epoch, ended)
+
+
+def train_for_budget(config: pvae.Config, train_x, held_out, args):
+    """The VAE of ``config`` trained by pvae.fit until the end of the first epoch past
+    ``args.budget_s`` CPU seconds (or its epochs or patience), at its best held-out-ELBO
+    epoch; returns it, its last and best epochs, what ended it, CPU and wall seconds."""
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     vae = pvae.build_vae(**config.model_args(train_x.shape[1], (1, 28, 28)))
@@ -203,10 +212,8 @@ def train_pvae(name: str, config: pvae.Config, train_x, held_out, args) -> Row:
         ended = "patience" if result.stopped_early else "epochs"
     except _BudgetSpent:
         ended = "budget"
-    seconds = (clock.cpu(), clock.wall())
     vae.load_state_dict(best["state"])
-    bound = score(vae.model, vae.guide, held_out, args)
-    return Row(name, best["last"], *seconds, bound, best["epoch"], ended)
+    return vae, best["last"], best["epoch"], ended, clock.cpu(), clock.wall()
 
 
 def score(model, guide, held_out, args) -> pvae.LogLikelihood:

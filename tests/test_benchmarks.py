@@ -132,6 +132,23 @@ TINY = {
         "-k",
         "2",
     ],
+    "diagnose_variants.py": [
+        "--tiny",
+        "--budget-s",
+        "0.2",
+        "--train-points",
+        "300",
+        "--eval-points",
+        "10",
+        "--ais-steps",
+        "5",
+        "--local-steps",
+        "5",
+        "--num-samples",
+        "20",
+        "--eval-samples",
+        "30",
+    ],
 }
 
 
@@ -158,6 +175,8 @@ def tiny_flags(script, tmp_path):
     Fashion-MNIST IDX files in tmp_path, default_example.py the offline digits (tmp_path holds
     no MNIST)."""
     if script == "default_example.py":
+        return [*TINY[script], "--data-dir", str(tmp_path)]
+    if script == "diagnose_variants.py":  # the offline digits too
         return [*TINY[script], "--data-dir", str(tmp_path)]
     if script == "ss_vae_peer.py":  # its default --out is the real runs' folder
         return [*TINY[script], "--data-dir", str(tmp_path), "--out", str(tmp_path / "runs")]
@@ -198,5 +217,13 @@ def test_benchmark_runs_in_tiny_mode(script, tmp_path):
             ["| pvae", "0"], ["| pyro", "0"], ["| pvae", "1"], ["| pyro", "1"]
         ]  # fmt: skip
         assert "paired differences, pvae − pyro, over 2 seed(s)" in done.stdout
+    if script == "diagnose_variants.py":  # every default row diagnosed, AIS and both gaps
+        assert "300 train digits, 1000 held-out (epoch choice), the first 10 diagnosed" in (
+            done.stdout
+        )
+        names = ["default", "standard-normal-prior", "elbo", "iwae", "two-layer"]
+        assert [line.split(" | ")[0][2:] for line in table_rows[1:]] == names
+        assert "| IWAE_5 | IWAE_30 | AIS log p(x) | approximation gap |" in table_rows[0]
+        assert "log p(x) [AIS 5 steps, " in done.stdout
     if script == "quality.py":
         assert f"fashion-mnist ({tmp_path / 'fashion-mnist'}): 300 train, 20" in done.stdout

@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 import pvae
 from pvae.analysis.diagnostics import Diagnosis, diagnose
@@ -285,3 +286,25 @@ def test_active_units_alone_are_diagnoses_and_leave_the_random_numbers_alone():
     assert torch.equal(state, torch.get_rng_state())
     found = pvae.diagnose(vae.model, vae.guide, x, gaps=False, active_threshold=1e-4, seed=0)
     assert torch.equal(active, found.active) and active.dtype == torch.bool
+
+
+def test_a_hierarchical_vaes_kl_is_the_elbos_kl_term():
+    # p(z2) p(z1 | z2), q(z1 | x) q(z2 | z1): z2 is drawn given z1, so KL(q(z1|x) ‖ p(z1|z2))
+    # in closed form is no term of the ELBO; E_q[log q(z|x) − log p(z)] is.
+    pyro.clear_param_store()
+    torch.manual_seed(2)
+    vae = pvae.build_vae(x_dim=6, z_dim=2, hidden_dims=[8], hierarchy=[3, 2])
+    x = torch.bernoulli(torch.full((20, 6), 0.4))
+    result = diagnose(vae.model, vae.guide, x, gaps=False, num_samples=2000, seed=0)
+    with torch.no_grad(), pyro.plate("particles", 4000, dim=-2):
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, guide_trace)).get_trace(x)
+    log_ratio = sum(
+        guide_trace.nodes[name]["fn"].log_prob(guide_trace.nodes[name]["value"])
+        - model_trace.nodes[name]["fn"].log_prob(model_trace.nodes[name]["value"])
+        for name in ("z1", "z2")
+    ).double()  # [particles, N]
+    expected, error = log_ratio.mean(), log_ratio.mean(1).std() / math.sqrt(4000)
+    assert not result.kl_closed_form
+    assert abs(result.kl - expected) < 4 * error + 4 * result.kl_se.mean() / math.sqrt(20)
+    assert torch.allclose(result.kl_per_unit.sum(), result.kl_per_datapoint.mean(), atol=0.05)

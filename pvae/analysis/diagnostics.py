@@ -154,6 +154,11 @@ class Diagnosis:
             f"+ KL(q(z)‖p(z)) {self.marginal_kl:.3f}  "
             f"(I_q ≤ log N = {math.log(self.kl_per_datapoint.numel()):.2f})"
         )
+        if mi > math.log(self.kl_per_datapoint.numel()) - 0.05:
+            lines.append(
+                "  I_q(x;z) sits at the estimator's ceiling log N: the codes tell these "
+                "datapoints apart; diagnose more of them for its value (and the marginal KL's)"
+            )
         rows = (
             ("ELBO(q_φ)", self.elbo_per_datapoint),
             ("ELBO(q*)", self.optimal_elbo_per_datapoint),
@@ -178,7 +183,7 @@ def diagnose(
     num_samples: int = 1000,
     gaps: bool = True,
     log_px: torch.Tensor | str = "ais",
-    local_steps: int = 500,
+    local_steps: int = 1000,
     local_lr: float = 0.01,
     local_particles: int = 8,
     ais_steps: int = 1000,
@@ -349,7 +354,8 @@ def _log_px(model, guide, evaluation, log_px, ais_steps, ais_chains, iwae_sample
     if log_px == "ais":
         result = ais(model, guide, data, num_steps=ais_steps, num_chains=ais_chains, seed=seed,
                      device=device, distributed=False, progress=evaluation.progress)  # fmt: skip
-        return {"log_px": result.per_datapoint, "log_px_source": f"AIS {ais_steps} steps"}
+        source = f"AIS {ais_steps} steps, {ais_chains} chains"
+        return {"log_px": result.per_datapoint, "log_px_source": source}
     result = log_likelihood(model, guide, data, num_samples=iwae_samples, seed=seed,
                             device=device, distributed=False, progress=False)  # fmt: skip
     return {"log_px": result.per_datapoint, "log_px_source": f"IWAE_{iwae_samples}, a bound"}

@@ -124,9 +124,12 @@ def _factors(fn) -> torch.distributions.Distribution | None:
     return fn if fn.event_shape == () else None
 
 
-def unit_kl(guide_site, model_site, nesting: int, num_particles: int, num_data: int):
+def unit_kl(
+    guide_site, model_site, nesting: int, num_particles: int, num_data: int, closed_form=True
+):
     """KL(q(z_u|x) ‖ p(z_u)) per particle [particles, N, units] and whether it is in closed
-    form; NaN where the factors of q or p are not available (a flow, a mixture prior)."""
+    form; NaN where the factors of q or p are not available (a flow, a mixture prior).
+    ``closed_form=False`` takes log q − log p at the draw (see :func:`kl_draws`)."""
     q, p = _factors(guide_site["fn"]), _factors(model_site["fn"])
     value = guide_site["value"]
     shape = per_unit(value, guide_site, nesting, num_data).shape
@@ -134,6 +137,8 @@ def unit_kl(guide_site, model_site, nesting: int, num_particles: int, num_data: 
         nan = torch.full(shape, math.nan, dtype=torch.float64, device=value.device)
         return nan.expand(num_particles, *shape[1:]), False
     try:
+        if not closed_form:
+            raise NotImplementedError
         kl, exact = kl_divergence(q, p), True
     except NotImplementedError:
         kl, exact = q.log_prob(value) - p.log_prob(value), False
@@ -187,12 +192,22 @@ def _as_particles(site, nesting: int, start: int, count: int, num_data: int) -> 
 
 def kl_draws(guide_run, model_run, nesting, count, num_data):
     """Per draw: KL(q(z|x) ‖ p(z)) [P, N] (closed form per site where torch has it, else
-    log q − log p at the draw), KL per unit [P, N, units], and whether all were closed form."""
+    log q − log p at the draw), KL per unit [P, N, units], and whether all were closed form.
+
+    A site the guide draws before others takes log q − log p at the draw: its prior may
+    depend on those later latents (p(z1 | z2) with z2 ~ q(z2 | z1), a hierarchical VAE),
+    drawn given the very z1 a closed form would integrate out, which is then no term of the
+    ELBO (the reason TraceMeanField_ELBO is refused for such models).
+    """
     total, units, exact = 0.0, [], True
     model_sites = dict(sample_sites(model_run))
-    for name, site in latent_sites(guide_run):
+    sites = latent_sites(guide_run)
+    for index, (name, site) in enumerate(sites):
         prior = model_sites[name]
+        closed_form = index == len(sites) - 1  # no guide latent drawn after it
         try:
+            if not closed_form:
+                raise NotImplementedError
             kl = torch.distributions.kl_divergence(site["fn"], prior["fn"])
             kl = per_datapoint_log_prob(site, nesting, count, num_data, log_prob=kl)
         except NotImplementedError:
@@ -201,7 +216,7 @@ def kl_draws(guide_run, model_run, nesting, count, num_data):
                 prior, nesting, count, num_data
             )
         total = total + kl.double()
-        unit, unit_exact = unit_kl(site, prior, nesting, count, num_data)
+        unit, unit_exact = unit_kl(site, prior, nesting, count, num_data, closed_form)
         units.append(unit)
         exact = exact and unit_exact
     return total, torch.cat(units, -1), exact
