@@ -136,14 +136,20 @@ def unit_kl(
     if q is None or p is None:
         nan = torch.full(shape, math.nan, dtype=torch.float64, device=value.device)
         return nan.expand(num_particles, *shape[1:]), False
-    try:
-        if not closed_form:
-            raise NotImplementedError
-        kl, exact = kl_divergence(q, p), True
-    except NotImplementedError:
-        kl, exact = q.log_prob(value) - p.log_prob(value), False
+    kl = _closed_form_kl(q, p) if closed_form else None
+    exact = kl is not None
+    if kl is None:
+        kl = q.log_prob(value) - p.log_prob(value)
     kl = per_unit(kl, guide_site, nesting, num_data)
     return kl.double().expand(num_particles, -1, -1), exact
+
+
+def _closed_form_kl(q, p) -> torch.Tensor | None:
+    """KL(q ‖ p) where torch has it in closed form, else None."""
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        return None
 
 
 def mutual_information_terms(
@@ -205,12 +211,10 @@ def kl_draws(guide_run, model_run, nesting, count, num_data):
     for index, (name, site) in enumerate(sites):
         prior = model_sites[name]
         closed_form = index == len(sites) - 1  # no guide latent drawn after it
-        try:
-            if not closed_form:
-                raise NotImplementedError
-            kl = torch.distributions.kl_divergence(site["fn"], prior["fn"])
+        kl = _closed_form_kl(site["fn"], prior["fn"]) if closed_form else None
+        if kl is not None:
             kl = per_datapoint_log_prob(site, nesting, count, num_data, log_prob=kl)
-        except NotImplementedError:
+        else:
             exact = False
             kl = per_datapoint_log_prob(site, nesting, count, num_data) - per_datapoint_log_prob(
                 prior, nesting, count, num_data
