@@ -10,6 +10,7 @@ from pvae.infer.checks import check_model_data
 from pvae.infer.distributed import Cluster
 from pvae.infer.evaluate import elbo_of_checked_data
 from pvae.infer.iwae import log_likelihood
+from pvae.infer.training_streams import named_errors
 
 # The held-out IWAE's draws: the same every epoch, and apart from the training's generators.
 HELD_OUT_SEED = 20_160_000
@@ -67,10 +68,8 @@ class HeldOutStreams:
     def __init__(self, model, guide, held_out: dict, samples: int, cluster: Cluster, device):
         self.parts = {}
         for name, tensors in held_out.items():
-            try:
+            with named_errors(f"held_out[{name!r}]"):
                 self.parts[name] = HeldOutBound(model, guide, tensors, samples, cluster, device)
-            except ValueError as error:
-                raise ValueError(f"held_out[{name!r}]: {error}") from None
 
     def evaluate(self) -> tuple[float, float | None]:
         """The held-out ELBO and IWAE_K (None with K = 1), nats per datapoint of all streams."""

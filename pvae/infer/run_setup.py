@@ -36,6 +36,7 @@ from pvae.infer.training_streams import (
     Stream,
     Streams,
     is_streams,
+    named_errors,
     read_streams,
     streams_device,
     training_streams,
@@ -195,12 +196,8 @@ def _objectives(model, guide, source: Streams, settings) -> tuple[ScaledObjectiv
         with pyro.validation_enabled(True):
             traces = trace_pair(model, guide, *part.first)
             nesting = inspect_model(model, guide, traces=traces)
-        try:
+        with named_errors(source.named(index)):
             elbo = choose_objective(settings.objective, settings.num_particles, nesting, traces)
-        except ValueError as error:
-            if source.names[index] is None:
-                raise
-            raise ValueError(f"{source.where(index)}: {error}") from None
         others = 1.0 / len(source.parts)
         objectives.append(ScaledObjective(elbo, model, guide, part.num_data, others))
     return tuple(objectives)

@@ -19,6 +19,7 @@ Plain data are one unnamed stream: the same minibatches, order and numbers as ev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -54,6 +55,27 @@ class Stream:
     batch_size: int | None = None
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     num_data: int | None = None  # a DataLoader's dataset size, as fit's ``num_data``
+
+
+@contextlib.contextmanager
+def named_errors(where: str | None) -> Iterator[None]:
+    """A ``ValueError`` raised inside begins with ``where``, the stream's name in messages
+    (``data['labelled']``); None (plain data) leaves it as it is.
+
+    Example::
+
+        >>> with named_errors("data['a']"):  # doctest: +ELLIPSIS
+        ...     raise ValueError("batch_size must be positive")
+        Traceback (most recent call last):
+        ...
+        ValueError: data['a']: batch_size must be positive
+    """
+    try:
+        yield
+    except ValueError as error:
+        if where is None:
+            raise
+        raise ValueError(f"{where}: {error}") from None
 
 
 def is_streams(data) -> bool:
@@ -129,6 +151,11 @@ class Streams:
     def where(self, index: int, name: str = "data") -> str:
         """How messages name the data of stream ``index``: ``data['labelled']``."""
         return name if self.names[index] is None else f"{name}[{self.names[index]!r}]"
+
+    def named(self, index: int) -> str | None:
+        """What :func:`named_errors` puts in front of stream ``index``'s errors (None: plain
+        data, whose errors say "data" themselves)."""
+        return None if self.names[index] is None else self.where(index)
 
     def new_position(self, seed: int) -> Position:
         """The lead stream's position; the other streams' cursors start at their first pass."""
@@ -241,12 +268,8 @@ def training_streams(
             transform=own.transform or settings.transform,
             num_data=own.num_data if own.num_data is not None else settings.num_data,
         )
-        try:
+        with named_errors(None if stream.name is None else f"data[{stream.name!r}]"):
             part = training_source(stream.data, model, guide, stream_settings, device, cluster)
-        except ValueError as error:
-            if stream.name is None:
-                raise
-            raise ValueError(f"data[{stream.name!r}]: {error}") from None
         parts.append(part)
     return Streams(tuple(stream.name for stream in streams), tuple(parts))
 
