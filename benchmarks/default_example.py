@@ -313,16 +313,22 @@ def main(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget-s", type=float, default=240.0, help="training CPU seconds a row")
     p.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
-    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
-    p.add_argument("--train-points", type=int, default=None, help="default: all")
     p.add_argument("--eval-points", type=int, default=None, help="default: all")
     p.add_argument("--eval-samples", type=int, default=1000)
+    add_budget_flags(p)
+    return p
+
+
+def add_budget_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of rows trained for a CPU budget on the offline digits (this benchmark's
+    and diagnose_variants.py's): budget, data, threads, seed, tiny networks."""
+    p.add_argument("--budget-s", type=float, default=240.0, help="training CPU seconds a row")
+    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
+    p.add_argument("--train-points", type=int, default=None, help="default: all")
     p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="tiny networks, for the tests")
-    return p
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ import pvae
 from pvae.data import held_out_data, load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from default_example import Stopwatch, train_for_budget  # noqa: E402
+from default_example import Stopwatch, add_budget_flags, train_for_budget  # noqa: E402
 
 # Config() with these settings changed (None: the row is the default under another name).
 ROWS = {
@@ -263,9 +263,6 @@ def main(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="*", default=DEFAULT_ROWS, choices=list(ROWS))
-    p.add_argument("--budget-s", type=float, default=240.0, help="training CPU seconds a row")
-    p.add_argument("--data-dir", default=None, help="default: $PVAE_DATA_DIR or ~/.cache/pvae")
-    p.add_argument("--train-points", type=int, default=None, help="default: all")
     p.add_argument("--eval-points", type=int, default=500, help="held-out digits diagnosed")
     p.add_argument("--num-samples", type=int, default=1000, help="diagnose's draws per digit")
     p.add_argument("--local-steps", type=int, default=1000, help="Adam steps fitting q*")
@@ -274,9 +271,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-steps", type=int, default=100)
     p.add_argument("--ais-chains", type=int, default=4)
     p.add_argument("--eval-samples", type=int, default=1000, help="K of the larger IWAE")
-    p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny networks, for the tests")
+    add_budget_flags(p)
     return p
 
 
