@@ -21,6 +21,7 @@ from pvae.config import Config, parse_yaml
 from pvae.data import DATASETS
 from pvae.infer.objectives import OBJECTIVES
 from pvae.infer.schedules import LR_SCHEDULES
+from pvae.infer.settings import COMPILE_MODES
 from pvae.models.guides import GUIDES
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import ACTIVATIONS, NETWORKS
@@ -84,6 +85,12 @@ def add_setting_flags(p: argparse.ArgumentParser, data_flag: bool = True) -> Non
     p.add_argument("--cuda", action="store_true", default=False, help="same as --device cuda")
     setting("--clip-norm", type=float, help="clip gradient norm")
     setting("--precision", help="float32 (exact, default), tf32 (GPU matmuls) or bfloat16")
+    setting(
+        "--compile",
+        choices=COMPILE_MODES,
+        help="the training step captured once and replayed: auto (long runs), off, capture, "
+        "inductor (compiled)",
+    )
     setting("--seed", type=int)
     setting("--out", help="output folder (a resumed run's own unless given)")
     setting("--tensorboard", metavar="DIR", help="also log each epoch for TensorBoard there")

@@ -37,6 +37,9 @@ class FitResult:
     # Why the training figure is not a bound on log p(x) (pyro.factor terms, sites the model
     # weighs; pvae.infer.bound_caveat), as the model stood in the last epoch; None: it is one.
     train_bound_caveat: str | None = None
+    # How the steps ran: "eager", or the captured step's backend and what capturing cost
+    # (fit's compile; pvae.infer.captured_steps).
+    step: str = "eager"
 
     def history_dicts(self) -> list[dict]:
         return [dataclasses.asdict(stats) for stats in self.history]

@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 
 from pvae.infer import checks, param_store
+from pvae.infer.captured_steps import CapturedSteps, choose_backend
 from pvae.infer.checks import check_owner, observed_sites
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.fast_elbo import ReparameterizedELBO
@@ -88,6 +89,7 @@ class Run:
     state: TrainingState
     num_epochs: int  # in all, those of the resumed checkpoint included
     checkpoints: CheckpointWriter
+    captured: CapturedSteps | None  # the replayed step (fit's compile), None: eager
 
 
 def build_run(
@@ -118,10 +120,27 @@ def build_run(
     num_epochs = settings.num_epochs
     if settings.more_epochs is not None:
         num_epochs = state.position.epoch + settings.more_epochs
+    captured = _captured_steps(settings, objectives, state, source, num_epochs)
     return Run(
         model, guide, settings, cluster, device, source, held_out, objectives, state,
-        num_epochs, checkpoints,
+        num_epochs, checkpoints, captured,
     )  # fmt: skip
+
+
+def _captured_steps(settings, objectives, state, source, num_epochs) -> CapturedSteps | None:
+    """The captured step that ``compile`` asks for, over the steps this run plans."""
+    steps_per_epoch = source.steps_per_epoch()
+    planned = None
+    if steps_per_epoch is not None:
+        planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
+    backend = choose_backend(settings.compile, objectives, planned)
+    if backend is None:
+        return None
+
+    def loss(index: int, rows, plate_size: float) -> torch.Tensor:
+        return objectives[index].loss(rows, plate_size)
+
+    return CapturedSteps(loss, list(state.params.tensors.values()), backend)
 
 
 def _check_batch_size(batch_size: int, cluster: Cluster) -> None:

@@ -25,7 +25,9 @@ class TrainConfig:
     """``num_epochs`` (in all, counting those of a resumed run), ``batch_size``,
     ``learning_rate`` (Adam), ``objective`` (see :data:`pvae.objectives.OBJECTIVES`),
     ``num_particles``, ``seed`` (None: from Pyro's global seed), ``clip_norm``,
-    ``precision`` (see :mod:`pvae.precision`), ``patience`` (stop after this many epochs
+    ``precision`` (see :mod:`pvae.precision`), ``compile`` (the captured training step:
+    ``"auto"``, ``"off"``, ``"capture"`` or ``"inductor"``; see
+    :mod:`pvae.infer.captured_steps`), ``patience`` (stop after this many epochs
     without a better held-out bound), ``held_out_num_samples`` (K of that bound: 1 is the ELBO,
     K > 1 IWAE_K) and ``lr_schedule`` with ``lr_schedule_options`` (see
     :func:`pvae.infer.schedules.make_lr_scheduler`)."""
@@ -38,6 +40,7 @@ class TrainConfig:
     seed: int | None = None
     clip_norm: float | None = None
     precision: str = "float32"
+    compile: str = "auto"
     patience: int | None = None
     held_out_num_samples: int = 1
     lr_schedule: str | None = None
@@ -69,8 +72,17 @@ class TrainConfig:
             raise ValueError(f"patience must be a positive number of epochs, got {self.patience}")
         check_lr_schedule(self.lr_schedule)
         check_precision(self.precision)
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(
+                f"compile must be one of {', '.join(COMPILE_MODES)} (or True/False), "
+                f"got {self.compile!r}"
+            )
         return self
 
+
+# "auto": the captured step where a run is long enough to repay capturing it (see
+# pvae.infer.captured_steps.choose_backend); True means "inductor" and False "off".
+COMPILE_MODES = ("auto", "off", "capture", "inductor")
 
 TRAIN_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 

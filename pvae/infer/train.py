@@ -63,6 +63,7 @@ def fit(
     distributed: bool | None = None,
     device: str | torch.device | None = None,
     precision: str = "float32",
+    compile: bool | str = "auto",
     patience: int | None = None,
     held_out_num_samples: int = 1,
     held_out_samples: int | None = None,
@@ -193,6 +194,7 @@ def fit(
         checkpoint_path=checkpoint_path,
         checkpoint_extra=checkpoint_extra,
         precision=precision,
+        compile={True: "inductor", False: "off"}.get(compile, compile),
         patience=patience,
         held_out_num_samples=_renamed_held_out_k(held_out_samples, held_out_num_samples),
         lr_schedule=lr_schedule,
@@ -263,6 +265,7 @@ class _Loop:
             train_bound_caveat=objective_caveat(
                 run.model, run.guide, [part.first for part in run.source.parts], run.device
             ),
+            step=run.captured.report() if run.captured is not None else "eager",
         )
 
     def _step(self, minibatches: tuple[Minibatch, ...], stop_requested: bool):
@@ -270,6 +273,19 @@ class _Loop:
         returns its loss and the stop flags summed over the ranks."""
         run, optimizer = self.run, self.run.state.optimizer
         optimizer.zero_grad(set_to_none=True)
+        loss = self._captured_step(minibatches)
+        if loss is None:
+            loss = self._eager_step(minibatches)
+        flag = self.stop_flags[stop_requested]
+        flags = run.cluster.sum_gradients(self.params, flag)
+        if run.settings.clip_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, run.settings.clip_norm)
+            loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
+        optimizer.step()
+        return loss.detach(), flags
+
+    def _eager_step(self, minibatches: tuple[Minibatch, ...]) -> torch.Tensor:
+        run = self.run
         loss = torch.zeros((), device=run.device)
         with autocast(run.settings.precision, run.device):
             losses = [
@@ -280,13 +296,20 @@ class _Loop:
         if losses:
             loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
             loss.backward()
-        flag = self.stop_flags[stop_requested]
-        flags = run.cluster.sum_gradients(self.params, flag)
-        if run.settings.clip_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, run.settings.clip_norm)
-            loss = torch.where(torch.isfinite(norm), loss.detach(), norm)  # a NaN norm shows
-        optimizer.step()
-        return loss.detach(), flags
+        return loss
+
+    def _captured_step(self, minibatches: tuple[Minibatch, ...]) -> torch.Tensor | None:
+        """The replayed step (gradients set), or None where the eager one must run."""
+        captured = self.run.captured
+        if captured is None or not captured.active:
+            return None
+        given = [
+            (index, minibatch.rows, minibatch.plate_size)
+            for index, minibatch in enumerate(minibatches)
+            if minibatch.rows is not None
+        ]
+        with autocast(self.run.settings.precision, self.run.device):
+            return captured.step(given, epoch_start=self.position.epoch_steps == 0)
 
     def _count_step(self, loss, flags, bar, stop_requests: SignalStop) -> None:
         self.position.count(loss)

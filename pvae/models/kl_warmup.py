@@ -8,6 +8,8 @@ epoch, a resumed run too (the epoch is in the checkpoint), so no caller keeps it
 
 from __future__ import annotations
 
+import torch
+
 from pvae.errors import ModelError
 
 
@@ -25,10 +27,32 @@ class KLWarmup:
     def __init__(self, beta: float = 1.0, warmup_epochs: int = 0):
         self.beta, self.warmup_epochs = float(beta), warmup_epochs
         self.completed_epochs: int | None = None  # None: nobody has driven the warm-up
+        self._tensors: dict[torch.device, torch.Tensor] = {}
 
     def set_epoch(self, completed_epochs: int) -> None:
         """Called by :func:`pvae.fit` before each epoch with the epochs completed so far."""
         self.completed_epochs = completed_epochs
+        for tensor in self._tensors.values():
+            tensor.fill_(self.weight)
+
+    def weight_tensor(self, device: torch.device) -> torch.Tensor:
+        """The weight as a 0-dimensional tensor on ``device``, the same tensor at every call
+        and updated in place by :meth:`set_epoch`: a step captured by ``fit(compile=...)``
+        reads it as an input instead of freezing the weight it saw.
+
+        Example::
+
+            >>> warmup = KLWarmup(beta=2.0, warmup_epochs=2)
+            >>> weight = warmup.weight_tensor(torch.device("cpu"))
+            >>> warmup.set_epoch(1)
+            >>> weight
+            tensor(2.)
+        """
+        device = torch.device(device)
+        tensor = self._tensors.get(device)
+        if tensor is None:
+            tensor = self._tensors[device] = torch.tensor(self.weight, device=device)
+        return tensor
 
     @property
     def weight(self) -> float:

@@ -146,7 +146,7 @@ class VAE(nn.Module):
         if self._learned_likelihood:
             register_module("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
-            with self._kl_scale():
+            with self._kl_scale(x.device):
                 z = pyro.sample("latent", self.prior())
             params = self._likelihood_params(z, cond, x.shape[1:])
             pyro.sample("obs", self.likelihood(params, event_dim=x.dim() - 1), obs=x)
@@ -156,7 +156,7 @@ class VAE(nn.Module):
         register_module("encoder", self.encoder)
         if self._learned_guide:
             register_module("guide", self.guide_family)
-        with pyro.plate("data", x.shape[0]), self._kl_scale():
+        with pyro.plate("data", x.shape[0]), self._kl_scale(x.device):
             pyro.sample("latent", self.guide_family(*self.encoder(x, *cond)))
 
     # --- variants -----------------------------------------------------------------------
@@ -175,14 +175,14 @@ class VAE(nn.Module):
     def completed_epochs(self, epochs: int) -> None:
         self.kl_warmup.set_epoch(epochs)
 
-    def _kl_scale(self):
+    def _kl_scale(self, device: torch.device):
         # Bounds on log p(x) are bounds on the model itself, beta = 1: gradient-free
         # estimators, and AIS/BDMC, which take gradients of the latents only.
         if not torch.is_grad_enabled() or in_evaluation():
             return contextlib.nullcontext()
         self.kl_warmup.check_driven()
         weight = self.kl_weight
-        if weight == 1.0:
+        if weight == 1.0 and not self.kl_warmup.warmup_epochs:
             return contextlib.nullcontext()
         if is_validation_enabled() and in_particle_plate():
             raise ModelError(
@@ -190,7 +190,8 @@ class VAE(nn.Module):
                 "objectives honour: train with objective 'elbo' or 'meanfield', or use beta "
                 "= 1 and no warm-up with the importance-weighted objectives"
             )
-        return poutine.scale(scale=weight)
+        # A tensor, updated in place by the warm-up: a captured step reads it as an input.
+        return poutine.scale(scale=self.kl_warmup.weight_tensor(device))
 
     def _condition(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         if self.num_classes == 0:
@@ -293,7 +294,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of p(x|z) for codes ``z`` [..., z_dim] (e.g. pixel probabilities), shaped
-        [..., *x_shape]; a conditional VAE decodes for labels ``y``: one label, one per code
+        ``[..., *x_shape]``; a conditional VAE decodes for labels ``y``: one label, one per code
         (shape ``z.shape[:-1]``), or None for every class in turn (see :meth:`sample`)."""
         shape = self.x_shape
         if shape is None:

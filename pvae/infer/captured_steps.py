@@ -1,0 +1,200 @@
+"""fit's training step, captured once per input signature and replayed, checked against the
+eager step (``fit(..., compile=...)``).
+
+Each stream's objective is captured by :func:`pvae.infer.capture.capture` for each signature
+it meets (the rows' shapes, dtypes and device, and the size the data plate is scaled to: the
+short last minibatch is a second signature). A replay computes what the eager step computes,
+from the same random numbers, as long as the Python state the capture froze (a float, a
+counter) is unchanged. That is checked by running the eager step too, on the same draws (the
+random generators are rewound), and comparing losses and gradients:
+
+* at a signature's first two replays (the second catches state that changes every step),
+* at each epoch's first step (state that changes by the epoch: a warm-up not held as a tensor).
+
+A disagreement, or a capture that fails, gives one warning naming the reason, and the eager
+step from then on; a check that agrees keeps the replay's numbers, so that a run and its
+resumed copy make the same steps whether or not a check fell on them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from pvae.infer.capture import Captured, CaptureFailed, capture
+
+__all__ = ["CapturedSteps"]
+
+# Agreement of a replay with the eager step: the graph as traced runs the same kernels
+# (equal to rounding); inductor fuses and reorders sums (float32 rounding, ~1e-6 relative).
+_TOLERANCE = {"capture": 1e-5, "inductor": 1e-4}
+
+
+class CapturedSteps:
+    """The losses and gradients of fit's objectives (one per stream), replayed.
+
+    ``losses`` are the eager losses of the streams, ``loss(index, rows, plate_size)``;
+    ``params`` the trained tensors, whose ``.grad`` a step sets.
+
+    Example::
+
+        >>> steps = CapturedSteps(run_losses, params, backend="inductor")  # doctest: +SKIP
+        >>> loss = steps.step(minibatches, epoch_start=True)  # doctest: +SKIP
+    """
+
+    def __init__(self, loss: Callable, params: Sequence[torch.Tensor], backend: str):
+        # A tensor registered under two names is one input with one gradient.
+        self.params = list({id(param): param for param in params}.values())
+        self.loss, self.backend = loss, backend
+        self.captured: dict[tuple, Captured] = {}
+        self.replays: dict[tuple, int] = {}
+        self.stopped: str | None = None  # why the eager step runs from now on
+        self.seconds = 0.0  # spent capturing and compiling
+
+    @property
+    def active(self) -> bool:
+        return self.stopped is None
+
+    def report(self) -> str:
+        """One line on what the captured step did, for :class:`pvae.infer.fit.FitResult`."""
+        if self.stopped is not None:
+            return f"eager ({self.stopped})"
+        return (
+            f"{self.backend}: {len(self.captured)} signatures captured in {self.seconds:.1f} s, "
+            f"{sum(self.replays.values())} steps replayed"
+        )
+
+    def step(self, minibatches: Sequence[tuple[int, tuple, float]], epoch_start: bool):
+        """The summed loss of these (stream index, rows, plate size) minibatches, with the
+        gradients set on ``params``; None where the eager step must run instead."""
+        total, grads = None, None
+        for index, rows, plate_size in minibatches:
+            key = (index, plate_size, *((r.shape, r.dtype, r.device) for r in rows))
+            result = self._replay(key, index, rows, plate_size, epoch_start)
+            if result is None:
+                return None
+            loss, stream_grads = result
+            total = loss if total is None else total + loss
+            grads = (
+                stream_grads
+                if grads is None
+                else [a + b for a, b in zip(grads, stream_grads, strict=True)]
+            )
+        if total is None:
+            return None
+        for param, grad in zip(self.params, grads, strict=True):
+            param.grad = grad
+        return total
+
+    def _replay(self, key, index, rows, plate_size, epoch_start):
+        captured = self.captured.get(key)
+        if captured is None:
+            try:
+                captured = capture(
+                    lambda *r: self.loss(index, r, plate_size), self.params, rows, self.backend
+                )
+            except CaptureFailed as error:
+                return self._stop(f"the step could not be captured: {error}")
+            self.captured[key], self.replays[key] = captured, 0
+            self.seconds += captured.seconds
+        count = self.replays[key]
+        self.replays[key] = count + 1
+        if count < 2 or epoch_start:
+            return self._checked(captured, index, rows, plate_size)
+        return captured(*rows)
+
+    def _checked(self, captured: Captured, index, rows, plate_size):
+        """The replay, compared with the eager step on the same random numbers."""
+        device = rows[0].device
+        rng = _rng_state(device)
+        # The eager step updates buffers in place (batch-norm statistics) as the replay will.
+        state = [tensor.clone() for tensor in captured.state]
+        with torch.enable_grad():
+            eager_loss = self.loss(index, rows, plate_size)
+            eager_grads = torch.autograd.grad(eager_loss, self.params, allow_unused=True)
+        _set_rng_state(device, rng)
+        with torch.no_grad():
+            for tensor, before in zip(captured.state, state, strict=True):
+                tensor.copy_(before)
+        loss, grads = captured(*rows)
+        difference = _difference(loss, grads, eager_loss.detach(), eager_grads)
+        if difference > _TOLERANCE[self.backend]:
+            self._stop(
+                f"the captured step's loss or gradients differ from the eager step's by "
+                f"{difference:.2g} (relative): Python state that the capture froze has "
+                "changed (a float or counter the model reads, a schedule not held as a tensor)"
+            )
+            # This step is the eager one: its draws and buffer updates are the replay's.
+            zeros = [
+                torch.zeros_like(p) if g is None else g
+                for p, g in zip(self.params, eager_grads, strict=True)
+            ]
+            return eager_loss.detach(), zeros
+        return loss, grads
+
+    def _stop(self, reason: str):
+        self.stopped = reason
+        warnings.warn(f"compile: {reason}; training goes on with the eager step", stacklevel=6)
+        return None
+
+
+def _difference(loss, grads, eager_loss, eager_grads) -> float:
+    """The largest relative difference of the loss and of each gradient (NaN: infinite)."""
+    worst = _relative(loss, eager_loss)
+    for grad, eager in zip(grads, eager_grads, strict=True):
+        if eager is not None:
+            worst = max(worst, _relative(grad, eager))
+    return worst
+
+
+def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
+    scale = reference.detach().abs().max().item()
+    difference = (value.detach() - reference.detach()).abs().max().item()
+    if math.isnan(difference):
+        both_nan = bool(torch.equal(value.isnan(), reference.isnan()))
+        return 0.0 if both_nan else math.inf
+    return difference / max(scale, 1e-30)
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+# "auto" thresholds, in planned optimizer steps, from benchmarks/capture_speed.py on a 2-core
+# CPU: tracing costs about 2 s a signature and saves about 0.5 ms a step; inductor costs
+# 5-25 s more (less when its cache has the graph) and saves about 0.5 ms more.
+AUTO_CAPTURE_STEPS = 5_000
+AUTO_INDUCTOR_STEPS = 50_000
+
+
+def choose_backend(mode: str, objectives: Sequence, planned_steps: int | None) -> str | None:
+    """The capture backend of fit's ``compile`` setting, or None for the eager step.
+
+    ``"auto"`` captures only pvae's own estimators (Pyro's check the loss for NaN on the
+    host, which capture refuses) and only runs planned long enough to repay it.
+
+    Example::
+
+        >>> choose_backend("auto", [], planned_steps=100) is None
+        True
+    """
+    if mode == "off":
+        return None
+    if mode != "auto":
+        return mode
+    if planned_steps is None or planned_steps < AUTO_CAPTURE_STEPS:
+        return None
+    if any(type(o.elbo).__module__.startswith("pyro.") for o in objectives):
+        return None
+    return "inductor" if planned_steps >= AUTO_INDUCTOR_STEPS else "capture"

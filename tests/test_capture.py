@@ -1,0 +1,307 @@
+"""The captured training step (fit's ``compile``): the same numbers as the eager step, on
+every objective, or the eager step with one warning; never a value frozen silently.
+
+The graph as traced (``"capture"``) runs the eager step's kernels on the eager step's random
+numbers, so its runs are bit for bit the eager runs; inductor's fused loops round otherwise.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from test_streams import digits, train_m2
+from torch import nn
+
+import pvae
+from pvae.infer.capture import CaptureFailed, capture
+from pvae.infer.captured_steps import AUTO_CAPTURE_STEPS, AUTO_INDUCTOR_STEPS, choose_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+X_DIM, Z_DIM = 6, 2
+
+
+class Pair(nn.Module):
+    """A hand-written model/guide: Bernoulli decoder, Gaussian guide, a constrained
+    ``pyro.param`` (the prior's scale), an optional batch norm and an optional mixture
+    prior whose component is enumerated in the model."""
+
+    def __init__(self, batch_norm=False, components=0):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(X_DIM, 8), nn.BatchNorm1d(8) if batch_norm else nn.Identity(), nn.Tanh()
+        )
+        self.loc, self.log_scale = nn.Linear(8, Z_DIM), nn.Linear(8, Z_DIM)
+        self.decoder = nn.Linear(Z_DIM, X_DIM)
+        self.components = components
+        if components:
+            self.means = nn.Parameter(torch.randn(components, Z_DIM))
+
+    def model(self, x):
+        pyro.module("pair", self)
+        prior_scale = pyro.param(
+            "prior_scale", torch.tensor(1.0), constraint=dist.constraints.positive
+        )
+        with pyro.plate("data", x.shape[0]):
+            if self.components:
+                c = pyro.sample(
+                    "c",
+                    dist.Categorical(logits=x.new_zeros(self.components)),
+                    infer={"enumerate": "parallel"},
+                )
+                z = pyro.sample("z", dist.Normal(self.means[c], prior_scale).to_event(1))
+            else:
+                z = pyro.sample("z", dist.Normal(x.new_zeros(Z_DIM), prior_scale).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("pair", self)
+        hidden = self.encoder(x)
+        with pyro.plate("data", x.shape[0]):
+            scale = self.log_scale(hidden).exp()
+            pyro.sample("z", dist.Normal(self.loc(hidden), scale).to_event(1))
+
+
+def data(n=40, seed=1):
+    return digits(n, seed)[0]
+
+
+def train(pair_options=(), num_epochs=3, batch_size=16, pair_class=None, **fit_options):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    pair = (pair_class or Pair)(**dict(pair_options))
+    result = pvae.fit(pair.model, pair.guide, data(), num_epochs=num_epochs,
+                      batch_size=batch_size, seed=2, progress=False, **fit_options)  # fmt: skip
+    return pair, result
+
+
+def state_of(pair):
+    store = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+    return {**{k: v.detach().clone() for k, v in pair.state_dict().items()}, **store}
+
+
+def assert_same_training(a, b, exact=True):
+    (pair_a, result_a), (pair_b, result_b) = a, b
+    state_a, state_b = state_of(pair_a), state_of(pair_b)
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        if exact:
+            assert torch.equal(state_a[name], state_b[name]), name
+        else:
+            torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-4, atol=1e-5)
+    bounds_a = [s.train_bound for s in result_a.history]
+    bounds_b = [s.train_bound for s in result_b.history]
+    assert bounds_a == bounds_b if exact else bounds_a == pytest.approx(bounds_b, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "objective, num_particles, pair_options",
+    [
+        ("elbo", 1, {}),  # ReparameterizedELBO
+        ("elbo", 3, {}),
+        ("iwae", 3, {}),
+        ("dreg", 3, {}),
+        ("stl", 3, {}),
+        ("elbo", 1, {"components": 3}),  # EnumeratedELBO: the mixture component summed out
+        ("iwae", 3, {"components": 3}),
+        ("elbo", 1, {"batch_norm": True}),  # running statistics updated in place
+    ],
+)
+def test_captured_training_is_the_eager_training_bit_for_bit(
+    objective, num_particles, pair_options
+):
+    eager = train(pair_options, objective=objective, num_particles=num_particles, compile="off")
+    captured = train(pair_options, objective=objective, num_particles=num_particles,
+                     compile="capture")  # fmt: skip
+    assert captured[1].step.startswith("capture: 2 signatures")  # 40 rows: 16, 16 and 8
+    assert_same_training(eager, captured)
+
+
+def test_a_guide_enumerated_latent_on_two_streams_captures_each_stream():
+    eager = train_m2(2, objective="iwae", num_particles=2, compile="off")
+    captured = train_m2(2, objective="iwae", num_particles=2, compile="capture")
+    assert captured[1].step.startswith("capture:")
+    for a, b in zip(eager[0].parameters(), captured[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_captured_loss_and_gradients_are_the_eager_ones_on_shared_draws():
+    pair = Pair()
+    x = data(8)
+    pair.model(x)  # registers the parameters
+    params = [value.unconstrained() for value in pyro.get_param_store().values()]
+
+    def loss(x):
+        return pvae.infer.fast_elbo.ReparameterizedELBO().differentiable_loss(
+            pair.model, pair.guide, x
+        )
+
+    step = capture(loss, params, (x,))
+    torch.manual_seed(4)
+    captured_loss, captured_grads = step(x)
+    torch.manual_seed(4)
+    with pyro.validation_enabled(False):
+        eager_loss = loss(x)
+    eager_grads = torch.autograd.grad(eager_loss, params)
+    assert torch.equal(captured_loss, eager_loss.detach())
+    for captured_grad, eager_grad in zip(captured_grads, eager_grads, strict=True):
+        assert torch.equal(captured_grad, eager_grad)
+
+
+def test_tensors_read_by_the_loss_are_inputs_not_constants():
+    weight, shift = torch.ones(3, requires_grad=True), torch.zeros(3)
+    step = capture(lambda x: ((weight + shift) * x).sum(), [weight], (torch.ones(3),))
+    assert step.state == [shift]
+    shift.fill_(2.0)  # updated in place between calls, as a schedule or a buffer is
+    assert step(torch.ones(3))[0] == 9.0
+
+
+class DataDependent(Pair):
+    """A pair whose model branches in Python on the data's values."""
+
+    def model(self, x):
+        pyro.module("pair", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(Z_DIM), 1.0).to_event(1))
+            logits = self.decoder(z)
+            if x.sum() > x.numel() / 2:  # Python that reads the data's values
+                logits = -logits
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+
+def test_python_that_reads_data_values_makes_capture_fail_not_freeze():
+    with pytest.raises(CaptureFailed, match="data-dependent|DataDependent"):
+        capture(lambda x: (x * 2).sum() if x.sum() > 0 else x.sum(), [], (torch.ones(2),))
+
+    eager = train(compile="off", pair_class=DataDependent)
+    with pytest.warns(UserWarning, match="could not be captured.*data-dependent"):
+        captured = train(compile="capture", pair_class=DataDependent)
+    assert captured[1].step.startswith("eager (the step could not be captured")
+    assert_same_training(eager, captured)
+
+
+def test_a_kl_warm_up_is_an_input_of_the_captured_step(recwarn):
+    def run(compile):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = pvae.build_vae(X_DIM, z_dim=Z_DIM, hidden_dims=[8], warmup_epochs=3)
+        result = pvae.fit(vae.model, vae.guide, data(), num_epochs=4, batch_size=16, seed=2,
+                          progress=False, compile=compile,
+                          epoch_schedules=[vae.kl_warmup])  # fmt: skip
+        return vae, result
+
+    captured = run("capture")
+    assert not [w for w in recwarn if "compile" in str(w.message)]
+    assert captured[1].step.startswith("capture:")
+    eager = run("off")
+    for a, b in zip(eager[0].parameters(), captured[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+class PythonWeight(Pair):
+    """A pair whose KL weight is a Python float the user changes: capture cannot see it."""
+
+    weight = 1.0
+
+    def model(self, x):
+        with poutine.scale(scale=self.weight):
+            super().model(x)
+
+
+def test_a_python_float_changed_between_epochs_is_caught_at_the_epochs_first_step():
+    def run(compile):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        pair = PythonWeight()
+
+        def next_weight(stats):
+            pair.weight = 1.0 / (stats.epoch + 1)
+
+        result = pvae.fit(pair.model, pair.guide, data(), num_epochs=3, batch_size=20, seed=2,
+                          progress=False, compile=compile, on_epoch_end=next_weight)  # fmt: skip
+        return pair, result
+
+    eager = run("off")
+    with pytest.warns(UserWarning, match="differ from the eager step's.*Python state"):
+        captured = run("capture")
+    assert captured[1].step.startswith("eager (the captured step's loss")
+    # The check ran the eager step on the epoch's first step and kept its numbers: no step
+    # trained with the stale weight.
+    assert_same_training(eager, captured)
+
+
+class Counter(Pair):
+    """A pair that counts its calls in Python and weighs its likelihood by the count."""
+
+    calls = 0
+
+    def model(self, x):
+        self.calls += 1
+        with poutine.scale(scale=1.0 + self.calls / 10):
+            super().model(x)
+
+
+def test_a_python_counter_is_caught_at_the_second_replay():
+    pyro.clear_param_store()
+    pair = Counter()
+    with pytest.warns(UserWarning, match="differ from the eager step's"):
+        result = pvae.fit(pair.model, pair.guide, data(), num_epochs=1, batch_size=8,
+                          progress=False, compile="capture")  # fmt: skip
+    assert result.step.startswith("eager")
+
+
+def test_resuming_a_captured_run_is_bit_exact(tmp_path):
+    full = train(num_epochs=3, compile="capture")
+    train(num_epochs=1, compile="capture", checkpoint_path=tmp_path / "one.pt")
+    resumed = train(num_epochs=3, compile="capture", resume=tmp_path / "one.pt")
+    assert_same_training(full, resumed)
+
+
+def test_auto_captures_only_runs_long_enough_to_repay_it():
+    class Objective:
+        def __init__(self, elbo):
+            self.elbo = elbo
+
+    ours = [Objective(pvae.infer.fast_elbo.ReparameterizedELBO())]
+    pyros = [Objective(pyro.infer.Trace_ELBO())]
+    assert choose_backend("auto", ours, AUTO_CAPTURE_STEPS - 1) is None
+    assert choose_backend("auto", ours, None) is None  # a DataLoader of unknown length
+    assert choose_backend("auto", ours, AUTO_CAPTURE_STEPS) == "capture"
+    assert choose_backend("auto", ours, AUTO_INDUCTOR_STEPS) == "inductor"
+    assert choose_backend("auto", pyros, AUTO_INDUCTOR_STEPS) is None  # NaN checks on the host
+    assert choose_backend("off", ours, AUTO_INDUCTOR_STEPS) is None
+    assert choose_backend("capture", pyros, 1) == "capture"
+    assert train(num_epochs=1)[1].step == "eager"  # the default, on a short run
+
+
+def test_bad_compile_settings_are_one_clear_error():
+    with pytest.raises(ValueError, match="compile must be one of auto, off, capture, inductor"):
+        train(num_epochs=1, compile="fast")
+
+
+def test_pyros_own_estimators_fall_back_to_the_eager_step_with_the_reason():
+    class ScoreGuide(Pair):
+        def guide(self, x):
+            pyro.module("pair", self)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(self.loc(self.encoder(x)), 1.0).to_event(1),
+                            infer={"is_auxiliary": False})  # fmt: skip
+
+    pyro.clear_param_store()
+    pair = ScoreGuide()
+    with pytest.warns(UserWarning, match="could not be captured"):
+        result = pvae.fit(pair.model, pair.guide, data(), num_epochs=1, batch_size=8,
+                          progress=False, compile="capture", objective="meanfield")  # fmt: skip
+    assert result.step.startswith("eager")
+
+
+def test_inductor_trains_as_the_eager_step_does_to_rounding():
+    eager = train(compile="off")
+    compiled = train(compile="inductor")
+    assert compiled[1].step.startswith("inductor: 2 signatures")
+    assert_same_training(eager, compiled, exact=False)
+    weight, shift = torch.ones(3, requires_grad=True), torch.zeros(3)
+    step = capture(lambda x: ((weight + shift) * x).sum(), [weight], (torch.ones(3),), "inductor")
+    shift.fill_(2.0)  # not folded into the compiled code
+    assert step(torch.ones(3))[0] == 9.0
