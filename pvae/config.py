@@ -88,10 +88,10 @@ class Config(TrainConfig, Architecture):
     for TensorBoard's event files, or none).
     """
 
-    # The example's model and training (benchmarks/default_example.py chose them; README,
-    # "What the example does"): a VampPrior and DReG-5 with z = 50 beat Trace_ELBO and Pyro's
-    # own example in the same time. build_vae's and pvae.fit's own defaults stay N(0, I) and
-    # Trace_ELBO.
+    # The example's model and training (benchmarks/default_example.py chose them;
+    # docs/getting_started.md, "What the example does"): a VampPrior and DReG-5 with z = 50
+    # beat Trace_ELBO and Pyro's own example in the same time. build_vae's and pvae.fit's own
+    # defaults stay N(0, I) and Trace_ELBO.
     z_dim: int = 50
     prior: str | None = None  # None: vamp (100 pseudo-inputs), or standard_normal for the
     # variants a VampPrior does not fit

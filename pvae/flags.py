@@ -19,9 +19,9 @@ from typing import Any
 
 from pvae.config import Config, parse_yaml
 from pvae.data import DATASETS
+from pvae.infer.capture import COMPILE_MODES
 from pvae.infer.objectives import OBJECTIVES
 from pvae.infer.schedules import LR_SCHEDULES
-from pvae.infer.settings import COMPILE_MODES
 from pvae.models.guides import GUIDES
 from pvae.models.likelihoods import LIKELIHOODS
 from pvae.models.nets import ACTIVATIONS, NETWORKS

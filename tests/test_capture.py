@@ -14,7 +14,7 @@ from test_streams import digits, train_m2
 from torch import nn
 
 import pvae
-from pvae.infer.capture import CaptureFailed, capture
+from pvae.infer.capture import CaptureFailed, capture, capture_loss
 from pvae.infer.captured_steps import AUTO_CAPTURE_STEPS, AUTO_INDUCTOR_STEPS, choose_backend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,7 +137,7 @@ def test_the_captured_loss_and_gradients_are_the_eager_ones_on_shared_draws():
             pair.model, pair.guide, x
         )
 
-    step = capture(loss, params, (x,))
+    step = capture_loss(loss, params, (x,))
     torch.manual_seed(4)
     captured_loss, captured_grads = step(x)
     torch.manual_seed(4)
@@ -151,8 +151,8 @@ def test_the_captured_loss_and_gradients_are_the_eager_ones_on_shared_draws():
 
 def test_tensors_read_by_the_loss_are_inputs_not_constants():
     weight, shift = torch.ones(3, requires_grad=True), torch.zeros(3)
-    step = capture(lambda x: ((weight + shift) * x).sum(), [weight], (torch.ones(3),))
-    assert step.state == [shift]
+    step = capture_loss(lambda x: ((weight + shift) * x).sum(), [weight], (torch.ones(3),))
+    assert step.captured.state == [shift]
     shift.fill_(2.0)  # updated in place between calls, as a schedule or a buffer is
     assert step(torch.ones(3))[0] == 9.0
 
@@ -172,7 +172,7 @@ class DataDependent(Pair):
 
 def test_python_that_reads_data_values_makes_capture_fail_not_freeze():
     with pytest.raises(CaptureFailed, match="data-dependent|DataDependent"):
-        capture(lambda x: (x * 2).sum() if x.sum() > 0 else x.sum(), [], (torch.ones(2),))
+        capture(lambda x: (x * 2).sum() if x.sum() > 0 else x.sum(), (torch.ones(2),))
 
     eager = train(compile="off", pair_class=DataDependent)
     with pytest.warns(UserWarning, match="could not be captured.*data-dependent"):
@@ -302,6 +302,73 @@ def test_inductor_trains_as_the_eager_step_does_to_rounding():
     assert compiled[1].step.startswith("inductor: 2 signatures")
     assert_same_training(eager, compiled, exact=False)
     weight, shift = torch.ones(3, requires_grad=True), torch.zeros(3)
-    step = capture(lambda x: ((weight + shift) * x).sum(), [weight], (torch.ones(3),), "inductor")
+    step = capture_loss(
+        lambda x: ((weight + shift) * x).sum(), [weight], (torch.ones(3),), "inductor"
+    )
     shift.fill_(2.0)  # not folded into the compiled code
     assert step(torch.ones(3))[0] == 9.0
+
+
+@pytest.mark.parametrize("model_name", ["diagonal", "enumerated", "positive"])
+def test_captured_ais_is_the_eager_ais_bit_for_bit(model_name):
+    from ais_models import DiagonalLinearGaussian, GammaPoisson
+    from test_iwae import EnumeratedMixture
+
+    model = {
+        "diagonal": DiagonalLinearGaussian,
+        "enumerated": EnumeratedMixture,
+        "positive": GammaPoisson,
+    }[model_name]()
+    if model_name == "positive":
+        x = torch.tensor([0.0, 2.0, 7.0, 15.0], dtype=torch.float64)
+    else:
+        x = model.sample_data(4)
+    # Two data chunks, each with its adaptation chains and one group: four captures.
+    options = dict(num_steps=8, num_chains=2, data_chunk=2, leapfrog_steps=2, adaptation_chains=1)
+    eager = pvae.ais(model.model, model.guide, x, seed=0, compile="off", **options)
+    captured = pvae.ais(model.model, model.guide, x, seed=0, compile="capture", **options)
+    assert torch.equal(eager.log_weights, captured.log_weights)
+    assert torch.equal(eager.acceptance, captured.acceptance)
+
+
+def test_captured_bdmc_is_the_eager_bdmc_bit_for_bit():
+    from ais_models import DiagonalLinearGaussian
+
+    model = DiagonalLinearGaussian()
+    options = dict(num_data=6, num_steps=10, num_chains=2, leapfrog_steps=3, seed=0)
+    eager = pvae.bdmc(model.model, model.guide, model.sample_data(2), compile="off", **options)
+    captured = pvae.bdmc(
+        model.model, model.guide, model.sample_data(2), compile="capture", **options
+    )
+    assert torch.equal(eager.lower, captured.lower) and torch.equal(eager.upper, captured.upper)
+
+
+def test_ais_of_a_model_that_reads_data_values_warns_and_runs_eagerly():
+    pyro.clear_param_store()
+    pair = DataDependent()
+    x = data(6)
+    eager = pvae.ais(pair.model, pair.guide, x, num_steps=6, num_chains=2, seed=0, compile="off")
+    with pytest.warns(UserWarning, match="leapfrog step could not be captured"):
+        captured = pvae.ais(
+            pair.model, pair.guide, x, num_steps=6, num_chains=2, seed=0, compile="capture"
+        )
+    assert torch.equal(eager.log_weights, captured.log_weights)
+
+
+@pytest.mark.parametrize("pair_options", [{}, {"components": 3}])
+def test_captured_log_likelihood_is_the_eager_one(pair_options):
+    pair, _ = train(pair_options, num_epochs=1)
+    x = data(30)
+    options = dict(num_samples=12, particle_chunk=5, data_chunk=20, seed=0)
+    eager = pvae.log_likelihood(pair.model, pair.guide, x, compile="off", **options)
+    captured = pvae.log_likelihood(pair.model, pair.guide, x, compile="capture", **options)
+    assert torch.equal(eager.per_datapoint, captured.per_datapoint)
+    assert torch.equal(eager.elbo_per_datapoint, captured.elbo_per_datapoint)
+
+
+def test_a_guide_enumerated_log_likelihood_is_captured_too():
+    m2, _ = train_m2(1)
+    x = digits(12, 3)[0]
+    eager = pvae.log_likelihood(m2.model, m2.guide, x, 6, seed=0, compile="off")
+    captured = pvae.log_likelihood(m2.model, m2.guide, x, 6, seed=0, compile="capture")
+    assert torch.equal(eager.per_datapoint, captured.per_datapoint)

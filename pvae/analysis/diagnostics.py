@@ -229,7 +229,7 @@ def diagnose(
         approximation gap: 3.208 ± 0.090 nats
         amortization gap: 7.944 ± 0.435 nats
 
-    (the default example's checkpoint, the first 100 held-out digits: README.md)
+    (the default example's checkpoint, the first 100 held-out digits: docs/guide/diagnostics.md)
     """
     _check_arguments(
         num_samples, local_steps, local_particles, data_chunk, log_px, gaps, active_threshold

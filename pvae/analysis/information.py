@@ -61,7 +61,7 @@ def latent_sites(recorded) -> list[tuple[str, dict]]:
 
 
 def per_unit(tensor: torch.Tensor, site, nesting: int, num_data: int) -> torch.Tensor:
-    """A site's tensor of shape [particles?, *plates, *event] as [particles, N, units]: the
+    """A site's tensor of shape ``[particles?, *plates, *event]`` as ``[particles, N, units]``: the
     data axis second, inner plates and the event flattened into units (sizes broadcast)."""
     event_dim = site["fn"].event_dim
     tensor = tensor.reshape((1,) * (nesting + 1 + event_dim - tensor.dim()) + tensor.shape)

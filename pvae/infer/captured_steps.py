@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from pvae.infer.capture import Captured, CaptureFailed, capture
+from pvae.infer.capture import CaptureFailed, capture_loss, rng_state, set_rng_state
 
 __all__ = ["CapturedSteps"]
 
@@ -49,7 +49,7 @@ class CapturedSteps:
         # A tensor registered under two names is one input with one gradient.
         self.params = list({id(param): param for param in params}.values())
         self.loss, self.backend = loss, backend
-        self.captured: dict[tuple, Captured] = {}
+        self.captured: dict[tuple, Callable] = {}
         self.replays: dict[tuple, int] = {}
         self.stopped: str | None = None  # why the eager step runs from now on
         self.seconds = 0.0  # spent capturing and compiling
@@ -93,31 +93,31 @@ class CapturedSteps:
         captured = self.captured.get(key)
         if captured is None:
             try:
-                captured = capture(
+                captured = capture_loss(
                     lambda *r: self.loss(index, r, plate_size), self.params, rows, self.backend
                 )
             except CaptureFailed as error:
                 return self._stop(f"the step could not be captured: {error}")
             self.captured[key], self.replays[key] = captured, 0
-            self.seconds += captured.seconds
+            self.seconds += captured.captured.seconds
         count = self.replays[key]
         self.replays[key] = count + 1
         if count < 2 or epoch_start:
             return self._checked(captured, index, rows, plate_size)
         return captured(*rows)
 
-    def _checked(self, captured: Captured, index, rows, plate_size):
+    def _checked(self, captured: Callable, index, rows, plate_size):
         """The replay, compared with the eager step on the same random numbers."""
         device = rows[0].device
-        rng = _rng_state(device)
+        rng = rng_state(device)
         # The eager step updates buffers in place (batch-norm statistics) as the replay will.
-        state = [tensor.clone() for tensor in captured.state]
+        state = [tensor.clone() for tensor in captured.captured.state]
         with torch.enable_grad():
             eager_loss = self.loss(index, rows, plate_size)
             eager_grads = torch.autograd.grad(eager_loss, self.params, allow_unused=True)
-        _set_rng_state(device, rng)
+        set_rng_state(device, rng)
         with torch.no_grad():
-            for tensor, before in zip(captured.state, state, strict=True):
+            for tensor, before in zip(captured.captured.state, state, strict=True):
                 tensor.copy_(before)
         loss, grads = captured(*rows)
         difference = _difference(loss, grads, eager_loss.detach(), eager_grads)
@@ -157,18 +157,6 @@ def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
         both_nan = bool(torch.equal(value.isnan(), reference.isnan()))
         return 0.0 if both_nan else math.inf
     return difference / max(scale, 1e-30)
-
-
-def _rng_state(device: torch.device):
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(device: torch.device, state) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
 
 
 # "auto" thresholds, in planned optimizer steps, from benchmarks/capture_speed.py on a 2-core

@@ -25,6 +25,7 @@ import pyro
 import torch
 from pyro import poutine
 
+from pvae.infer.capture import ReplayBySignature, compile_mode
 from pvae.infer.estimates import PerDatapointEstimate
 from pvae.infer.evaluation import check_count, evaluating, seed_torch
 from pvae.infer.log_weights import (
@@ -120,6 +121,7 @@ def log_likelihood(
     distributed: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    compile: bool | str = "auto",
 ) -> LogLikelihood:
     """IWAE_K estimate of log p(x) for every datapoint, with the ELBO, ESS and Pareto k-hat.
 
@@ -159,7 +161,11 @@ def log_likelihood(
     memory copied there a chunk at a time; ``progress`` shows a bar of the datapoints scored
     on the main process (default: at a terminal or in a notebook, not in CI).
     ``num_samples`` must be a positive integer, the chunks positive integers or None (a
-    bool is refused, as for every count).
+    bool is refused, as for every count). ``compile`` (``"auto"``, ``"off"``, ``"capture"``,
+    ``"inductor"``; True is ``"inductor"``) captures the model's part of the weights once per
+    chunk shape and replays it without Pyro's runtime (:mod:`pvae.infer.capture`); ``"auto"``
+    does on a GPU, where that runtime is most of a chunk's time, and not on the CPU, where a
+    chunk's arithmetic dwarfs it.
 
     Example::
 
@@ -170,8 +176,11 @@ def log_likelihood(
     check_count("num_samples", num_samples)
     check_count("particle_chunk", particle_chunk, optional=True)
     check_count("data_chunk", data_chunk, optional=True)
+    mode = compile_mode(compile)
     frontend = {"seed": seed, "distributed": distributed, "device": device, "progress": progress}
     with evaluating(model, guide, data, **frontend) as evaluation:
+        if mode == "auto":
+            mode = "capture" if evaluation.device.type == "cuda" else "off"
         particle_chunk, data_chunk = _chunks(num_samples, particle_chunk, data_chunk, evaluation)
         # Each process scores a contiguous share of the datapoints, cut at draw blocks so that
         # every datapoint gets the draws it would get in a single process.
@@ -194,6 +203,7 @@ def log_likelihood(
                 max_log_weights,
                 evaluation.device,
                 bar,
+                None if mode == "off" else mode,
             )
     per_datapoint, elbo, ess, khat, notes = evaluation.gather(shard)
     khat_note = next((note for note in notes if note), "")
@@ -236,6 +246,7 @@ def _score_rows(
     max_log_weights,
     device,
     bar,
+    backend=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """IWAE, ELBO, ESS and k-hat (CPU float64) of these rows; block ids start at first_block."""
     num_data = tensors[0].shape[0]
@@ -246,6 +257,15 @@ def _score_rows(
     khat_note = ""
     kind = _EnumeratedGuideDraws if enumerates else _GuideDraws
     draws = kind(guide, tensors, num_samples, nesting, seed, device, first_block)
+
+    def model_part(batch, values, log_q):
+        """log w [particles, datapoints] from the guide's draws: the model's part."""
+        if enumerates:
+            return summed_log_weights(model, batch, values, log_q, nesting)
+        return _model_log_prob(model, batch, values, log_q.shape[0], nesting) - log_q
+
+    if backend is not None:
+        model_part = ReplayBySignature(model_part, backend, "the model's log-weights")
     for n0 in range(0, num_data, data_chunk):
         n1 = min(n0 + data_chunk, num_data)
         batch = rows_on(tensors, n0, n1, device)
@@ -255,10 +275,7 @@ def _score_rows(
         for p0 in range(0, num_samples, particle_chunk):
             p1 = min(p0 + particle_chunk, num_samples)
             values, log_q = draws.chunk(n0, n1, p0, p1)
-            if enumerates:
-                log_w = summed_log_weights(model, batch, values, log_q, nesting)
-            else:
-                log_w = _model_log_prob(model, batch, values, p1 - p0, nesting) - log_q
+            log_w = model_part(batch, values, log_q)
             stats.update(log_w)
             if keep:
                 kept.append(log_w.float().cpu())

@@ -261,8 +261,8 @@ def guide_enumeration_dims(sites, nesting: int) -> int:
 
 
 def enumerated_log_density(sites, nesting: int, kept_dims: int) -> torch.Tensor:
-    """Σ of the sites' log-densities as [*kept, particles, datapoints], sizes 1 where nothing
-    varies, the plates inside the data plate summed.
+    """Σ of the sites' log-densities as ``[*kept, particles, datapoints]``, sizes 1 where
+    nothing varies, the plates inside the data plate summed.
 
     ``kept_dims`` dimensions left of the particle plate (the guide's enumerated latents) are
     kept; dimensions further left (the model's own enumerated latents) are summed out by
@@ -420,7 +420,7 @@ def summed_log_weights(model, batch, values, log_q, nesting: int, double=True) -
     """log w [particles, datapoints] with the guide's enumerated y summed inside each weight:
     log Σ_y p(x, y, z^y) / q(z^y | x, y), the model replayed on y's values and the draws
     z^y, its own enumerated latents (left of y's dimensions) summed out of p as ever;
-    ``log_q`` is [*y, particles, datapoints]. In float64 unless ``double`` is False."""
+    ``log_q`` is ``[*y, particles, datapoints]``. In float64 unless ``double`` is False."""
     dims = log_q.dim() - 2
     guide_trace = poutine.Trace()
     for name, value in values.items():

@@ -1,9 +1,10 @@
 """Where :func:`pvae.fit` keeps its checkpoints, and the checkpoint a run resumes from.
 
-A checkpoint is the training state's sections (:class:`~pvae.infer.training_state.
-TrainingState`) plus what the model's owner adds (a :class:`pvae.VAE`: its architecture)
-and ``checkpoint_extra()``, written atomically by rank 0 after every epoch and when a signal
-stops training; the best held-out epoch's is kept as ``best.pt`` next to it.
+A checkpoint is the training state's sections
+(:class:`~pvae.infer.training_state.TrainingState`) plus what the model's owner adds (a
+:class:`pvae.VAE`: its architecture) and ``checkpoint_extra()``, written atomically by
+rank 0 after every epoch and when a signal stops training; the best held-out epoch's is
+kept as ``best.pt`` next to it.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import dataclasses
 import warnings
 from typing import Any
 
+from pvae.infer.capture import compile_mode
 from pvae.infer.objectives import OBJECTIVES
 from pvae.infer.precision import check_precision
 from pvae.infer.schedules import check_lr_schedule
@@ -72,17 +73,9 @@ class TrainConfig:
             raise ValueError(f"patience must be a positive number of epochs, got {self.patience}")
         check_lr_schedule(self.lr_schedule)
         check_precision(self.precision)
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(
-                f"compile must be one of {', '.join(COMPILE_MODES)} (or True/False), "
-                f"got {self.compile!r}"
-            )
+        compile_mode(self.compile)  # "auto": pvae.infer.captured_steps.choose_backend
         return self
 
-
-# "auto": the captured step where a run is long enough to repay capturing it (see
-# pvae.infer.captured_steps.choose_backend); True means "inductor" and False "off".
-COMPILE_MODES = ("auto", "off", "capture", "inductor")
 
 TRAIN_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pvae.errors import TrainingDiverged, TrainingInterrupted
 from pvae.infer.bound_caveat import objective_caveat
+from pvae.infer.capture import compile_mode
 from pvae.infer.fit_result import CsvLog, EpochStats, FitResult
 from pvae.infer.folder_lock import folder_lock
 from pvae.infer.precision import autocast, matmul_precision
@@ -194,7 +195,7 @@ def fit(
         checkpoint_path=checkpoint_path,
         checkpoint_extra=checkpoint_extra,
         precision=precision,
-        compile={True: "inductor", False: "off"}.get(compile, compile),
+        compile=compile_mode(compile),
         patience=patience,
         held_out_num_samples=_renamed_held_out_k(held_out_samples, held_out_num_samples),
         lr_schedule=lr_schedule,

@@ -2,7 +2,7 @@
 
 Loaiza-Ganem & Cunningham, "The continuous Bernoulli: fixing a pervasive error in variational
 autoencoders", NeurIPS 2019. ``torch.distributions.ContinuousBernoulli`` clamps its probability
-at the dtype's eps, which breaks the normalizer beyond |logits| ~ 16 in float32.
+at the dtype's eps, which breaks the normalizer beyond ``|logits|`` ~ 16 in float32.
 """
 
 from __future__ import annotations
@@ -159,12 +159,12 @@ class StableContinuousBernoulli(dist.TorchDistribution):
     (1 - lambda)^(1 - x) with lambda = sigmoid(logits) and
     C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda) = logits / tanh(logits / 2).
     ``torch.distributions.ContinuousBernoulli`` clamps lambda at the dtype's eps, so in float32
-    its density stops being normalized beyond |logits| ~ 16 (it integrates to 0.40 at -40,
+    its density stops being normalized beyond ``|logits|`` ~ 16 (it integrates to 0.40 at -40,
     and its samples there average 0.063 instead of 0.025), which is where saturated
     background pixels drive a decoder. Here ``log_prob``, ``log_normalizer``, ``mean``,
     ``variance``, ``entropy``, ``cdf``, ``icdf`` and ``rsample`` hold to about 1e-6 (float32)
     and 1e-13 (float64) for any finite logits, with finite gradients: Taylor series near
-    logit 0, forms in |logits| that neither overflow nor cancel elsewhere.
+    logit 0, forms in ``|logits|`` that neither overflow nor cancel elsewhere.
 
     Example::
 

@@ -76,7 +76,7 @@ class BinaryBernoulli(dist.Bernoulli):
     """``Bernoulli(logits=...)`` whose ``log_prob`` takes one pass over the pixels.
 
     On binary x, log p(x) = log sigmoid((2x - 1) · logits): the value of
-    ``-binary_cross_entropy_with_logits`` (more accurate where |logits| is large, as it
+    ``-binary_cross_entropy_with_logits`` (more accurate where ``|logits|`` is large, as it
     never subtracts two large numbers), without BCE's extra passes and the negation of the
     full-size result, which cost about a third of an IWAE evaluation of an MNIST decoder
     on the CPU. Only for 0/1 data, as :meth:`BernoulliLikelihood.check_data` ensures.
@@ -137,7 +137,7 @@ class ContinuousBernoulliLikelihood(DataPreparation, nn.Module):
 
     Loaiza-Ganem & Cunningham, "The continuous Bernoulli: fixing a pervasive error in
     variational autoencoders", NeurIPS 2019: :class:`StableContinuousBernoulli`, parameterized
-    by logits and normalized at any logit (torch's version is not beyond |logits| ~ 16 in
+    by logits and normalized at any logit (torch's version is not beyond ``|logits|`` ~ 16 in
     float32, which saturated background pixels reach). A density on [0, 1]^D for grey levels
     used as they are; its log-likelihood is not comparable with that of binarized or 8-bit
     discrete data. ``mean`` is the distribution's mean, not ``sigmoid(logits)`` (the paper's

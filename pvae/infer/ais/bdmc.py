@@ -25,6 +25,7 @@ from pvae.infer.ais.estimator import (
     inspect_latents,
     log_mean_weight,
     make_settings,
+    potential_backend,
     score_chunk,
 )
 from pvae.infer.evaluation import check_count, evaluating, seed_torch
@@ -87,6 +88,7 @@ def bdmc(
     distributed: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    compile: bool | str = "auto",
 ) -> BidirectionalBounds:
     """Sandwich log p(x) on ``num_data`` datapoints simulated from the model (Grosse et al.).
 
@@ -121,6 +123,7 @@ def bdmc(
         settings = dataclasses.replace(settings, seed=evaluation.seed)
         data_chunk = default_data_chunk(data_chunk, settings, evaluation.device)
         problem = inspect_latents(model, guide, evaluation.rows(0, 2))
+        problem = dataclasses.replace(problem, backend=potential_backend(compile, settings))
         num_data = evaluation.num_data if num_data is None else num_data
         rows = torch.arange(num_data) % evaluation.num_data
         template = tuple(t[rows].to(evaluation.device) for t in evaluation.tensors)

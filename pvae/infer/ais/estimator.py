@@ -24,6 +24,7 @@ more; their weights are not used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,10 +32,17 @@ import pyro
 import torch
 from pyro import poutine
 
-from pvae.infer.ais.hmc import AdaptiveStepSize, ChainState, StepSizeSchedule, hmc_transition
+from pvae.infer.ais.hmc import (
+    AdaptiveStepSize,
+    ChainState,
+    StepSizeSchedule,
+    hmc_transition,
+    leapfrog_step,
+)
 from pvae.infer.ais.latents import LatentLayout
 from pvae.infer.ais.potential import Potential
 from pvae.infer.ais.schedule import annealing_schedule
+from pvae.infer.capture import ReplayBySignature, compile_mode
 from pvae.infer.estimates import PerDatapointEstimate
 from pvae.infer.evaluation import check_count, evaluating, seed_torch
 from pvae.infer.log_weights import full_value, sample_sites
@@ -124,6 +132,7 @@ class Problem:
     nesting: int
     supports: dict
     enumerate: bool
+    backend: str | None = None  # how the potential is captured (ais's compile); None: eager
 
 
 def ais(
@@ -145,6 +154,7 @@ def ais(
     distributed: bool | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    compile: bool | str = "auto",
 ) -> AnnealedLogLikelihood:
     """AIS estimate of log p(x) for every datapoint, with HMC transitions (Wu et al., 2017).
 
@@ -167,7 +177,10 @@ def ais(
     leaves the global generator untouched, ``None`` draws it from there, a bool is refused;
     ``device`` where model and guide run, data copied there a chunk at a time; under torchrun
     each process scores its share of the data chunks and all get the whole result;
-    ``progress`` (None: at a terminal) shows a bar on the main process only. Counts
+    ``progress`` (None: at a terminal) shows a bar on the main process only. ``compile``
+    (``"auto"``, ``"off"``, ``"capture"``, ``"inductor"``; True is ``"inductor"``) captures
+    the potential and its gradient once per chunk of chains and replays it at every
+    leapfrog step without Pyro's runtime (:func:`potential_backend`). Counts
     (``num_steps``, ``num_chains``, ``leapfrog_steps``, the chunks; ``adaptation_chains`` may
     be 0) are refused alike when not integers, bools included.
 
@@ -190,6 +203,7 @@ def ais(
         # process.
         start, end = evaluation.share(multiple=data_chunk)
         problem = inspect_latents(model, guide, evaluation.rows(0, 2))
+        problem = dataclasses.replace(problem, backend=potential_backend(compile, settings))
         shard = _score_rows(problem, settings, evaluation, start, end, data_chunk)
     log_w, acceptance, step = evaluation.gather(shard)
     return AnnealedLogLikelihood.of_chains(
@@ -239,8 +253,9 @@ def score_chunk(problem, settings, batch, chunk_id, tick=None, reverse_from=None
         given = None if reverse_from is None else values
         state, potential = start_chains(problem, batch, chains, settings.init, given)
         group_w, group_acceptance = anneal(
-            potential, state, betas, StepSizeSchedule(sizes), settings.leapfrog_steps, tick
-        )
+            potential, state, betas, StepSizeSchedule(sizes), settings.leapfrog_steps, tick,
+            problem.backend,
+        )  # fmt: skip
         log_w.append(group_w.T.cpu())
         acceptance = acceptance + group_acceptance.cpu() * chains
     last = sizes[-1] if sizes.shape[0] else torch.full((batch[0].shape[0],), settings.step_size)
@@ -258,24 +273,36 @@ def _adapted_step_sizes(problem, settings, batch, chunk_id, tick) -> torch.Tenso
     seed_torch(settings.seed, chunk_id, -1, False)
     state, potential = start_chains(problem, batch, settings.adaptation_chains, settings.init)
     adaptive = AdaptiveStepSize(initial, settings.target_acceptance)
-    anneal(potential, state, settings.betas, adaptive, settings.leapfrog_steps, tick)
+    anneal(
+        potential, state, settings.betas, adaptive, settings.leapfrog_steps, tick, problem.backend
+    )
     return adaptive.schedule()
 
 
-def anneal(potential, state: ChainState, betas, step_sizes, leapfrog_steps, tick=None):
+def anneal(potential, state: ChainState, betas, step_sizes, leapfrog_steps, tick=None,
+           backend=None):  # fmt: skip
     """Run chains from ``state`` along ``betas``: log-weights [chains, n] in float64 and the
-    mean acceptance probability [n] of their transitions (NaN with none)."""
+    mean acceptance probability [n] of their transitions (NaN with none). ``backend``
+    captures the leapfrog step at its first call and replays it after: Pyro's runtime runs
+    once per group of chains, the momentum and accept draws stay eager (a trace of whole
+    transitions would grow with ``leapfrog_steps``)."""
     log_w = torch.zeros(state.ends.end.shape, dtype=torch.float64, device=state.u.device)
     accepted = torch.zeros(log_w.shape[1], dtype=torch.float64, device=log_w.device)
     num_steps = betas.numel() - 1
+    betas = betas.to(state.u.device)  # β enters the captured leapfrog step as a tensor
+    leapfrog = None
+    if backend is not None:
+        step = functools.partial(leapfrog_step, potential)
+        leapfrog = ReplayBySignature(step, backend, "AIS's leapfrog step")
     for t in range(1, num_steps + 1):
         increment = (state.ends.end - state.ends.start).double()
-        log_w += (betas[t] - betas[t - 1]).item() * increment
+        log_w += (betas[t] - betas[t - 1]) * increment
         # The last transition would only move chains whose weights are already complete.
         if t < num_steps:
             size = step_sizes.current(t - 1)
-            beta = betas[t].item()
-            state, acceptance = hmc_transition(potential, state, beta, size, leapfrog_steps)
+            state, acceptance = hmc_transition(
+                potential, state, betas[t], size, leapfrog_steps, leapfrog
+            )
             step_sizes.update(acceptance)
             accepted += acceptance.double().mean(0)
         if tick is not None:
@@ -358,6 +385,28 @@ def make_settings(
         annealing_schedule(num_steps, schedule), num_chains, init, leapfrog_steps, step_size,
         target_acceptance, adaptation_chains, chain_chunk or min(num_chains, _MAX_CHAIN_CHUNK),
     )  # fmt: skip
+
+
+# "auto" captures the potential where a chain group makes at least this many potential
+# calls (leapfrog steps): capturing costs about as much as 200-500 eager calls of a small
+# VAE's potential (benchmarks/capture_speed.py --ais).
+AUTO_CAPTURE_CALLS = 2_000
+
+
+def potential_backend(compile: bool | str, settings: Settings) -> str | None:
+    """The capture backend of ``compile`` for the potential, None for the eager one.
+
+    Example::
+
+        >>> settings = make_settings(1000, 16, "sigmoid", "guide", 10, 0.05, 0.65, 2, None)
+        >>> potential_backend("auto", settings)
+        'capture'
+    """
+    mode = compile_mode(compile)
+    if mode == "auto":
+        calls = settings.num_steps * settings.leapfrog_steps
+        return "capture" if calls >= AUTO_CAPTURE_CALLS else None
+    return None if mode == "off" else mode
 
 
 def default_data_chunk(data_chunk: int | None, settings: Settings, device) -> int:

@@ -28,23 +28,24 @@ class ChainState(NamedTuple):
 def hmc_transition(
     potential: Callable[[torch.Tensor], Ends],
     state: ChainState,
-    beta: float,
+    beta: float | torch.Tensor,
     step_size: torch.Tensor,
     leapfrog_steps: int,
+    leapfrog: Callable | None = None,
 ) -> tuple[ChainState, torch.Tensor]:
     """One HMC step targeting γ_β; returns the new state and the acceptance probabilities
-    min(1, exp(-ΔH)) [chains, datapoints] (0 where the trajectory diverged to NaN/Inf)."""
+    min(1, exp(-ΔH)) [chains, datapoints] (0 where the trajectory diverged to NaN/Inf).
+    ``leapfrog`` is :func:`leapfrog_step` on ``potential`` unless given (a captured one)."""
+    leapfrog = leapfrog or (lambda *args: leapfrog_step(potential, *args))
     eps = step_size.to(state.u.dtype)[None, :, None]
     momentum = torch.randn_like(state.u)
     energy = -state.ends.log_target(beta) + 0.5 * momentum.square().sum(-1)
     u, ends = state.u, state.ends
     momentum = momentum + 0.5 * eps * ends.grad_target(beta)
+    full, half = eps.new_ones(()), eps.new_full((), 0.5)
     for step in range(leapfrog_steps):
-        u = u + eps * momentum
-        ends = potential(u)
-        momentum = momentum + (0.5 if step == leapfrog_steps - 1 else 1.0) * eps * ends.grad_target(
-            beta
-        )
+        weight = half if step == leapfrog_steps - 1 else full
+        u, momentum, ends = leapfrog(u, momentum, eps, beta, weight)
     proposed = -ends.log_target(beta) + 0.5 * momentum.square().sum(-1)
     log_accept = torch.clamp(energy - proposed, max=0.0)
     log_accept = torch.where(torch.isnan(log_accept), -math.inf, log_accept)
@@ -60,6 +61,14 @@ def hmc_transition(
         ),
     )
     return new, log_accept.exp()
+
+
+def leapfrog_step(potential, u, momentum, eps, beta, weight):
+    """A position step of size ``eps``, the potential there, and a momentum step of size
+    ``weight * eps`` (a half step at the end of a trajectory)."""
+    u = u + eps * momentum
+    ends = potential(u)
+    return u, momentum + weight * eps * ends.grad_target(beta), ends
 
 
 class AdaptiveStepSize:
