@@ -44,6 +44,11 @@ def main(out: Path) -> None:
     fit = pvae.fit(model, guide, x, num_epochs=3, batch_size=16, learning_rate=0.05, seed=3)
     results["linear"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     results["linear_history"] = [vars(s) | {"seconds": 0} for s in fit.history]
+    # The captured step: each rank captures its share's step; gradients are summed after it.
+    pyro.clear_param_store()
+    pvae.fit(model, guide, x, num_epochs=3, batch_size=16, learning_rate=0.05, seed=3,
+             compile="capture")  # fmt: skip
+    results["captured"] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
     # Two named streams of their own batch sizes: each rank takes its share of both.
     pyro.clear_param_store()

@@ -70,7 +70,7 @@ def data(n=40, seed=1):
 def train(pair_options=(), num_epochs=3, batch_size=16, pair_class=None, **fit_options):
     pyro.clear_param_store()
     torch.manual_seed(0)
-    pair = (pair_class or Pair)(**dict(pair_options))
+    pair = (pair_class or Pair)(**dict(pair_options)).to(fit_options.get("device") or "cpu")
     result = pvae.fit(pair.model, pair.guide, data(), num_epochs=num_epochs,
                       batch_size=batch_size, seed=2, progress=False, **fit_options)  # fmt: skip
     return pair, result
@@ -372,3 +372,13 @@ def test_a_guide_enumerated_log_likelihood_is_captured_too():
     eager = pvae.log_likelihood(m2.model, m2.guide, x, 6, seed=0, compile="off")
     captured = pvae.log_likelihood(m2.model, m2.guide, x, 6, seed=0, compile="capture")
     assert torch.equal(eager.per_datapoint, captured.per_datapoint)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compile", ["capture", "inductor"])
+def test_on_a_gpu_the_replayed_step_trains_as_the_eager_one(compile):
+    eager = train(compile="off", device="cuda")
+    replayed = train(compile=compile, device="cuda")
+    assert replayed[1].step.startswith(f"{compile}:")
+    assert_same_training(eager, replayed, exact=False)

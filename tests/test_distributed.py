@@ -47,6 +47,14 @@ def test_two_processes_train_the_same_parameters_as_one(runs):
         assert epoch_two["train_bound"] == pytest.approx(epoch_single["train_bound"], rel=1e-9)
 
 
+def test_the_captured_step_trains_as_the_eager_one_on_one_process_and_on_two(runs):
+    single, (rank0, rank1), _ = runs
+    for name, value in single["linear"].items():
+        assert torch.equal(single["captured"][name], value), name
+        assert torch.equal(rank0["captured"][name], rank1["captured"][name]), name
+        assert torch.allclose(rank0["captured"][name], value, rtol=1e-9, atol=1e-12), name
+
+
 def test_named_streams_train_the_same_parameters_on_two_processes_as_on_one(runs):
     single, (rank0, rank1), _ = runs
     for name, value in single["streams"].items():
