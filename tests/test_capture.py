@@ -15,7 +15,7 @@ from torch import nn
 
 import pvae
 from pvae.infer.capture import CaptureFailed, capture, capture_loss
-from pvae.infer.captured_steps import AUTO_CAPTURE_STEPS, AUTO_INDUCTOR_STEPS, choose_backend
+from pvae.infer.captured_steps import AUTO_STEPS, choose_backend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -265,13 +265,15 @@ def test_auto_captures_only_runs_long_enough_to_repay_it():
 
     ours = [Objective(pvae.infer.fast_elbo.ReparameterizedELBO())]
     pyros = [Objective(pyro.infer.Trace_ELBO())]
-    assert choose_backend("auto", ours, AUTO_CAPTURE_STEPS - 1) is None
-    assert choose_backend("auto", ours, None) is None  # a DataLoader of unknown length
-    assert choose_backend("auto", ours, AUTO_CAPTURE_STEPS) == "capture"
-    assert choose_backend("auto", ours, AUTO_INDUCTOR_STEPS) == "inductor"
-    assert choose_backend("auto", pyros, AUTO_INDUCTOR_STEPS) is None  # NaN checks on the host
-    assert choose_backend("off", ours, AUTO_INDUCTOR_STEPS) is None
-    assert choose_backend("capture", pyros, 1) == "capture"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_backend("auto", ours, AUTO_STEPS["cpu"] - 1, cpu) is None
+    assert choose_backend("auto", ours, None, cpu) is None  # a DataLoader of unknown length
+    assert choose_backend("auto", ours, AUTO_STEPS["cpu"], cpu) == "inductor"
+    assert choose_backend("auto", ours, AUTO_STEPS["cuda"], cuda) == "inductor"
+    assert choose_backend("auto", pyros, AUTO_STEPS["cpu"], cpu) is None  # NaN checks on the host
+    assert choose_backend("auto", ours, 10**9, torch.device("mps")) is None
+    assert choose_backend("off", ours, AUTO_STEPS["cpu"], cpu) is None
+    assert choose_backend("capture", pyros, 1, cpu) == "capture"
     assert train(num_epochs=1)[1].step == "eager"  # the default, on a short run
 
 
@@ -382,3 +384,18 @@ def test_on_a_gpu_the_replayed_step_trains_as_the_eager_one(compile):
     replayed = train(compile=compile, device="cuda")
     assert replayed[1].step.startswith(f"{compile}:")
     assert_same_training(eager, replayed, exact=False)
+
+
+def test_without_a_working_compiler_inductor_falls_back_to_the_traced_graph(monkeypatch):
+    import torch._inductor
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch._inductor, "compile", no_compiler)
+    monkeypatch.setattr(pvae.infer.capture, "_COMPILED", {})
+    eager = train(compile="off")
+    with pytest.warns(UserWarning, match="inductor could not compile.*no C\\+\\+ compiler"):
+        replayed = train(compile="inductor")
+    assert replayed[1].step.startswith("capture: 2 signatures")
+    assert_same_training(eager, replayed)

@@ -97,7 +97,12 @@ class CapturedSteps:
                     lambda *r: self.loss(index, r, plate_size), self.params, rows, self.backend
                 )
             except CaptureFailed as error:
-                return self._stop(f"the step could not be captured: {error}")
+                if self.backend != "inductor" or "inductor could not" not in str(error):
+                    return self._stop(f"the step could not be captured: {error}")
+                # No C++ compiler, say: the traced graph still runs without Pyro's runtime.
+                warnings.warn(f"compile: {error}; the traced step is replayed", stacklevel=6)
+                self.backend = "capture"
+                return self._replay(key, index, rows, plate_size, epoch_start)
             self.captured[key], self.replays[key] = captured, 0
             self.seconds += captured.captured.seconds
         count = self.replays[key]
@@ -159,30 +164,36 @@ def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
     return difference / max(scale, 1e-30)
 
 
-# "auto" thresholds, in planned optimizer steps, from benchmarks/capture_speed.py on a 2-core
-# CPU: tracing costs about 2 s a signature and saves about 0.5 ms a step; inductor costs
-# 5-25 s more (less when its cache has the graph) and saves about 0.5 ms more.
-AUTO_CAPTURE_STEPS = 5_000
-AUTO_INDUCTOR_STEPS = 50_000
+# "auto" compiles the step where a run plans at least this many steps. On the 2-core CPU
+# (benchmarks/RESULTS.md, "Captured step"): the first capture in a process costs 5-10 s
+# (PyTorch's tracer warming up), inductor 5-25 s more (a few when its cache has the graph),
+# and a step is 0.5-1 ms shorter: about 20,000 steps repay it. On a GPU the eager step is
+# host-bound and the replay saves several ms a step (an estimate from Pyro's per-site cost,
+# not yet measured on a GPU here): 2,000.
+AUTO_STEPS = {"cpu": 20_000, "cuda": 2_000}
 
 
-def choose_backend(mode: str, objectives: Sequence, planned_steps: int | None) -> str | None:
+def choose_backend(
+    mode: str, objectives: Sequence, planned_steps: int | None, device: torch.device
+) -> str | None:
     """The capture backend of fit's ``compile`` setting, or None for the eager step.
 
-    ``"auto"`` captures only pvae's own estimators (Pyro's check the loss for NaN on the
-    host, which capture refuses) and only runs planned long enough to repay it.
+    ``"auto"`` compiles by inductor, only pvae's own estimators (Pyro's check the loss for
+    NaN on the host, which capture refuses), and only runs planned long enough to repay it
+    (:data:`AUTO_STEPS`).
 
     Example::
 
-        >>> choose_backend("auto", [], planned_steps=100) is None
+        >>> choose_backend("auto", [], 100, torch.device("cpu")) is None
         True
     """
     if mode == "off":
         return None
     if mode != "auto":
         return mode
-    if planned_steps is None or planned_steps < AUTO_CAPTURE_STEPS:
+    threshold = AUTO_STEPS.get(device.type)
+    if threshold is None or planned_steps is None or planned_steps < threshold:
         return None
     if any(type(o.elbo).__module__.startswith("pyro.") for o in objectives):
         return None
-    return "inductor" if planned_steps >= AUTO_INDUCTOR_STEPS else "capture"
+    return "inductor"

@@ -133,7 +133,7 @@ def _captured_steps(settings, objectives, state, source, num_epochs) -> Captured
     planned = None
     if steps_per_epoch is not None:
         planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
-    backend = choose_backend(settings.compile, objectives, planned)
+    backend = choose_backend(settings.compile, objectives, planned, source.device)
     if backend is None:
         return None
 
