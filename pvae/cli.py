@@ -32,6 +32,7 @@ from pvae.config import Config
 from pvae.data import held_out_data, load_dataset, load_user_data
 from pvae.flags import add_setting_flags, given_settings
 from pvae.infer.ais import ais, bdmc
+from pvae.infer.capture import COMPILE_MODES
 from pvae.infer.checkpoint import package_version
 from pvae.infer.checkpoint_entries import check_entries
 from pvae.infer.device import resolve_device
@@ -97,6 +98,7 @@ def evaluate(args: argparse.Namespace) -> None:
         data_chunk=args.data_chunk,
         seed=args.seed,
         progress=None if args.progress else False,
+        compile=args.compile,
     )
     print(f"{result.summary()} [{time.perf_counter() - started:.0f} s]")
     if args.khat_plot:
@@ -154,6 +156,7 @@ def _evaluate_annealed(args: argparse.Namespace, vae, held_out) -> str:
     """AIS on the held-out data, or BDMC on as many datapoints simulated from the model."""
     options = dict(num_steps=args.ais_steps, num_chains=args.chains, data_chunk=args.data_chunk)
     options.update(seed=args.seed, progress=None if args.progress else False)
+    options.update(compile=args.compile)
     if args.method == "ais":
         return ais(vae.model, vae.guide, held_out, **options).summary()
     return bdmc(vae.model, vae.guide, held_out, **options).summary()
@@ -328,6 +331,11 @@ def _evaluate_command(commands) -> None:
     e.add_argument("--data-chunk", type=int, default=None)
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--compile", choices=COMPILE_MODES, default="auto",
+        help="replay the model's evaluation without Pyro's runtime: auto (AIS's leapfrog "
+        "steps; log_likelihood on a GPU), off, capture, inductor (default: auto)",
+    )  # fmt: skip
     e.add_argument("--khat-plot", default=None, help="write a PNG of k-hat per datapoint")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     d = e.add_argument_group(
