@@ -109,41 +109,42 @@ def timed(function) -> tuple[float, object]:
     return time.perf_counter() - started, value
 
 
-def run_pvae(vae, x, args, chain_chunk=None, data_chunk=None):
+def run_pvae(vae, x, args, chain_chunk=None, data_chunk=None, compile="off"):
     return pvae.ais(
         vae.model, vae.guide, x, args.steps, args.chains, leapfrog_steps=args.leapfrog,
         step_size=args.step_size, target_acceptance=args.target,
         adaptation_chains=args.adaptation_chains, chain_chunk=chain_chunk,
-        data_chunk=data_chunk,
+        data_chunk=data_chunk, compile=compile,
     )  # fmt: skip
 
 
 def speed(args, device) -> None:
+    """pvae.ais with each ``--compile`` mode and the reference, interleaved, best of repeats."""
     x = digits(args.num_data, device)
     encoder, decoder = networks(args.z_dim, args.hidden, device)
     vae = pvae.VAE(encoder, decoder)
-    seconds = {"pvae": [], "torch": []}
+    seconds = {mode: [] for mode in [*args.compile, "torch"]}
     for _ in range(args.repeats):
-        pyro.clear_param_store()
-        t, result = timed(lambda: run_pvae(vae, x, args))
-        synchronize(device)
-        seconds["pvae"].append(t)
+        for mode in args.compile:
+            pyro.clear_param_store()
+            t, result = timed(lambda: run_pvae(vae, x, args, compile=mode))  # noqa: B023
+            synchronize(device)
+            seconds[mode].append(t)
         t, reference = timed(lambda: reference_ais(encoder, decoder, x, args))
         synchronize(device)
         seconds["torch"].append(t)
     work = args.num_data * args.chains * args.steps
-    pvae_rate, torch_rate = work / min(seconds["pvae"]), work / min(seconds["torch"])
+    rates = {name: work / min(times) for name, times in seconds.items()}
     print(
         f"AIS, datapoint-chain-steps/s ({machine()}; {args.num_data} digits, {args.chains} "
         f"chains + {args.adaptation_chains} adaptation chains, {args.steps} steps x "
-        f"{args.leapfrog} leapfrog steps)"
+        f"{args.leapfrog} leapfrog steps; capture's cost included)"
     )
-    print("| pvae ais | PyTorch reference | pvae/reference | mean AIS pvae | reference |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| {pvae_rate:.0f} | {torch_rate:.0f} | {pvae_rate / torch_rate:.2f} | "
-        f"{result.mean:.2f} | {reference.mean().item():.2f} |"
-    )
+    modes = " | ".join(f"pvae ais, compile={mode} (/reference)" for mode in args.compile)
+    print(f"| {modes} | PyTorch reference | mean AIS pvae | reference |")
+    print("|---|" + "---|" * (len(args.compile) + 2))
+    cells = " | ".join(f"{rates[m]:.0f} ({rates[m] / rates['torch']:.2f}×)" for m in args.compile)
+    print(f"| {cells} | {rates['torch']:.0f} | {result.mean:.2f} | {reference.mean().item():.2f} |")
     # Different random draws: the two agree within Monte Carlo error, not exactly.
     difference = abs(result.mean - reference.mean().item())
     assert difference < 5 * result.standard_error + 1.0, difference
@@ -201,6 +202,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.65)
     p.add_argument("--adaptation-chains", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--compile", nargs="+", default=["off", "capture", "inductor"],
+        choices=["off", "capture", "inductor"], help="pvae.ais's compile modes to time",
+    )  # fmt: skip
     p.add_argument("--data-chunk", type=int, default=50)
     p.add_argument("--chain-chunk", type=int, default=16)
     p.add_argument("--memory-chains", type=int, nargs="*", default=[16, 64, 256])

@@ -30,6 +30,9 @@ TINY = {
         "--memory-chains",
         "2",
         "4",
+        "--compile",
+        "off",
+        "capture",
     ],
     "train_speed.py": [
         "--num-data",
