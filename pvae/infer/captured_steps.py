@@ -59,7 +59,7 @@ class CapturedSteps:
         return self.stopped is None
 
     def report(self) -> str:
-        """One line on what the captured step did, for :class:`pvae.infer.fit.FitResult`."""
+        """One line on what the captured step did, for :class:`pvae.FitResult`."""
         if self.stopped is not None:
             return f"eager ({self.stopped})"
         return (
