@@ -15,7 +15,7 @@ from torch import nn
 
 import pvae
 from pvae.infer.capture import CaptureFailed, capture, capture_loss
-from pvae.infer.captured_steps import AUTO_STEPS, choose_backend
+from pvae.infer.captured_steps import AUTO_SECONDS, AutoDecision, choose_backend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -258,23 +258,31 @@ def test_resuming_a_captured_run_is_bit_exact(tmp_path):
     assert_same_training(full, resumed)
 
 
-def test_auto_captures_only_runs_long_enough_to_repay_it():
+def test_auto_compiles_where_the_eager_run_would_take_minutes():
     class Objective:
         def __init__(self, elbo):
             self.elbo = elbo
 
     ours = [Objective(pvae.infer.fast_elbo.ReparameterizedELBO())]
     pyros = [Objective(pyro.infer.Trace_ELBO())]
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert choose_backend("auto", ours, AUTO_STEPS["cpu"] - 1, cpu) is None
-    assert choose_backend("auto", ours, None, cpu) is None  # a DataLoader of unknown length
-    assert choose_backend("auto", ours, AUTO_STEPS["cpu"], cpu) == "inductor"
-    assert choose_backend("auto", ours, AUTO_STEPS["cuda"], cuda) == "inductor"
-    assert choose_backend("auto", pyros, AUTO_STEPS["cpu"], cpu) is None  # NaN checks on the host
-    assert choose_backend("auto", ours, 10**9, torch.device("mps")) is None
-    assert choose_backend("off", ours, AUTO_STEPS["cpu"], cpu) is None
-    assert choose_backend("capture", pyros, 1, cpu) == "capture"
-    assert train(num_epochs=1)[1].step == "eager"  # the default, on a short run
+    assert choose_backend("auto", ours) == "inductor"
+    assert choose_backend("auto", pyros) is None  # NaN checks on the host
+    assert choose_backend("off", ours) is None
+    assert choose_backend("capture", pyros) == "capture"
+
+    def decide(planned, seconds):
+        decision = AutoDecision(planned, agree=lambda flag: flag)
+        outcomes = [decision.observe(seconds) for _ in range(6)]
+        assert outcomes[:5] == [None] * 5
+        return outcomes[5]
+
+    assert decide(10_000, AUTO_SECONDS / 9_000) is True  # 9,994 steps left
+    assert decide(10_000, AUTO_SECONDS / 11_000) is False
+    short = train(num_epochs=1)[1].step  # the default, on a run of seconds
+    assert short == "eager (auto: the run ended before its steps were timed)"
+    assert train(num_epochs=3, batch_size=4)[1].step == (
+        "eager (auto: the run is too short to repay compiling)"
+    )
 
 
 def test_bad_compile_settings_are_one_clear_error():

@@ -45,10 +45,11 @@ class CapturedSteps:
         >>> loss = steps.step(minibatches, epoch_start=True)  # doctest: +SKIP
     """
 
-    def __init__(self, loss: Callable, params: Sequence[torch.Tensor], backend: str):
+    def __init__(self, loss: Callable, params: Sequence[torch.Tensor], backend: str, auto=None):
         # A tensor registered under two names is one input with one gradient.
         self.params = list({id(param): param for param in params}.values())
         self.loss, self.backend = loss, backend
+        self.auto: AutoDecision | None = auto  # while it decides, steps run eagerly
         self.captured: dict[tuple, Callable] = {}
         self.replays: dict[tuple, int] = {}
         self.stopped: str | None = None  # why the eager step runs from now on
@@ -56,12 +57,25 @@ class CapturedSteps:
 
     @property
     def active(self) -> bool:
-        return self.stopped is None
+        return self.stopped is None and self.auto is None
+
+    def observe_eager_step(self, seconds: float) -> None:
+        """An eager step's time, while ``"auto"`` decides."""
+        if self.auto is None or self.stopped is not None:
+            return
+        decision = self.auto.observe(seconds)
+        if decision is True:
+            self.auto = None
+        elif decision is False:
+            self.auto = None
+            self.stopped = "auto: the run is too short to repay compiling"
 
     def report(self) -> str:
         """One line on what the captured step did, for :class:`pvae.FitResult`."""
         if self.stopped is not None:
             return f"eager ({self.stopped})"
+        if self.auto is not None:
+            return "eager (auto: the run ended before its steps were timed)"
         return (
             f"{self.backend}: {len(self.captured)} signatures captured in {self.seconds:.1f} s, "
             f"{sum(self.replays.values())} steps replayed"
@@ -164,36 +178,54 @@ def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
     return difference / max(scale, 1e-30)
 
 
-# "auto" compiles the step where a run plans at least this many steps. On the 2-core CPU
-# (benchmarks/RESULTS.md, "Captured step"): the first capture in a process costs 5-10 s
-# (PyTorch's tracer warming up), inductor 5-25 s more (a few when its cache has the graph),
-# and a step is 0.5-1 ms shorter: about 20,000 steps repay it. On a GPU the eager step is
-# host-bound and the replay saves several ms a step (an estimate from Pyro's per-site cost,
-# not yet measured on a GPU here): 2,000.
-AUTO_STEPS = {"cpu": 20_000, "cuda": 2_000}
+# "auto" times a few eager steps and compiles by inductor where the rest of the run, eager,
+# would take at least AUTO_SECONDS. On the 2-core CPU (benchmarks/RESULTS.md, "Captured
+# step") inductor costs 5-40 s the first time a graph is met (a few s from its cache) and
+# cuts a step by 40-90%: a run of two minutes or more gains, and one of seconds does not.
+AUTO_SECONDS = 120.0
+_TIMED_STEPS = 5  # after one untimed step (its first call warms caches up)
 
 
-def choose_backend(
-    mode: str, objectives: Sequence, planned_steps: int | None, device: torch.device
-) -> str | None:
-    """The capture backend of fit's ``compile`` setting, or None for the eager step.
+class AutoDecision:
+    """fit's ``compile="auto"``: the eager steps' time decides whether to compile.
 
-    ``"auto"`` compiles by inductor, only pvae's own estimators (Pyro's check the loss for
-    NaN on the host, which capture refuses), and only runs planned long enough to repay it
-    (:data:`AUTO_STEPS`).
+    ``observe(seconds)`` takes the time of each eager step; after the first untimed one and
+    ``_TIMED_STEPS`` timed, it says yes or no (the same on every rank: rank 0's decision).
 
     Example::
 
-        >>> choose_backend("auto", [], 100, torch.device("cpu")) is None
+        >>> decision = AutoDecision(planned_steps=10_000, agree=lambda flag: flag)
+        >>> [decision.observe(0.05) for _ in range(6)][-1]
         True
+    """
+
+    def __init__(self, planned_steps: int, agree: Callable[[bool], bool]):
+        self.remaining, self.agree = planned_steps, agree
+        self.times: list[float] = []
+
+    def observe(self, seconds: float) -> bool | None:
+        self.remaining -= 1
+        self.times.append(seconds)
+        if len(self.times) <= _TIMED_STEPS:
+            return None
+        per_step = sorted(self.times[1:])[_TIMED_STEPS // 2]  # the median: robust to a hiccup
+        return self.agree(self.remaining * per_step >= AUTO_SECONDS)
+
+
+def choose_backend(mode: str, objectives: Sequence) -> str | None:
+    """The capture backend of fit's ``compile`` setting (``"auto"``: inductor, decided by
+    :class:`AutoDecision`), or None for the eager step.
+
+    ``"auto"`` compiles only pvae's own estimators: Pyro's check the loss for NaN on the
+    host, which capture refuses.
+
+    Example::
+
+        >>> choose_backend("auto", []), choose_backend("off", [])
+        ('inductor', None)
     """
     if mode == "off":
         return None
-    if mode != "auto":
-        return mode
-    threshold = AUTO_STEPS.get(device.type)
-    if threshold is None or planned_steps is None or planned_steps < threshold:
+    if mode == "auto" and any(type(o.elbo).__module__.startswith("pyro.") for o in objectives):
         return None
-    if any(type(o.elbo).__module__.startswith("pyro.") for o in objectives):
-        return None
-    return "inductor"
+    return "inductor" if mode == "auto" else mode

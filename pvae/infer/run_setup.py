@@ -20,7 +20,7 @@ import torch
 from pyro import poutine
 
 from pvae.infer import checks, param_store
-from pvae.infer.captured_steps import CapturedSteps, choose_backend
+from pvae.infer.captured_steps import AutoDecision, CapturedSteps, choose_backend
 from pvae.infer.checks import check_owner, observed_sites
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.fast_elbo import ReparameterizedELBO
@@ -120,27 +120,33 @@ def build_run(
     num_epochs = settings.num_epochs
     if settings.more_epochs is not None:
         num_epochs = state.position.epoch + settings.more_epochs
-    captured = _captured_steps(settings, objectives, state, source, num_epochs)
+    captured = _captured_steps(
+        settings, objectives, state, source, num_epochs, cluster, source.device
+    )
     return Run(
         model, guide, settings, cluster, device, source, held_out, objectives, state,
         num_epochs, checkpoints, captured,
     )  # fmt: skip
 
 
-def _captured_steps(settings, objectives, state, source, num_epochs) -> CapturedSteps | None:
-    """The captured step that ``compile`` asks for, over the steps this run plans."""
-    steps_per_epoch = source.steps_per_epoch()
-    planned = None
-    if steps_per_epoch is not None:
-        planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
-    backend = choose_backend(settings.compile, objectives, planned, source.device)
+def _captured_steps(settings, objectives, state, source, num_epochs, cluster, device):
+    """The captured step that ``compile`` asks for; ``"auto"`` decides on the steps planned
+    and the eager steps' time (:class:`pvae.infer.captured_steps.AutoDecision`)."""
+    backend = choose_backend(settings.compile, objectives)
     if backend is None:
         return None
+    auto = None
+    if settings.compile == "auto":
+        steps_per_epoch = source.steps_per_epoch()
+        if steps_per_epoch is None:  # a DataLoader of unknown length: no plan to weigh
+            return None
+        planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
+        auto = AutoDecision(planned, lambda flag: bool(cluster.broadcast_int(int(flag), device)))
 
     def loss(index: int, rows, plate_size: float) -> torch.Tensor:
         return objectives[index].loss(rows, plate_size)
 
-    return CapturedSteps(loss, list(state.params.tensors.values()), backend)
+    return CapturedSteps(loss, list(state.params.tensors.values()), backend, auto)
 
 
 def _check_batch_size(batch_size: int, cluster: Cluster) -> None:

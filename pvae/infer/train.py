@@ -276,7 +276,12 @@ class _Loop:
         optimizer.zero_grad(set_to_none=True)
         loss = self._captured_step(minibatches)
         if loss is None:
+            started = time.perf_counter()
             loss = self._eager_step(minibatches)
+            if run.captured is not None and run.captured.auto is not None:
+                if run.device.type == "cuda":  # the step's time, not its launch's
+                    torch.cuda.synchronize(run.device)
+                run.captured.observe_eager_step(time.perf_counter() - started)
         flag = self.stop_flags[stop_requested]
         flags = run.cluster.sum_gradients(self.params, flag)
         if run.settings.clip_norm is not None:
