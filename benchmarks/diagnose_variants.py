@@ -13,7 +13,7 @@ best held-out ELBO (on all held-out digits) kept:
 - ``dreg``: the default already trains on DReG-5, so this row would repeat ``default``; the
   DReG row with N(0, I) is ``standard-normal-prior``. Not run unless named in ``--rows``
   (then: DReG-5 with N(0, I), under its own name);
-- ``two-layer``: ``hierarchy: [100, 50]`` (z1 = 100, z2 = 50, as README's variants name it:
+- ``two-layer``: ``hierarchy: [100, 50]`` (z1 = 100, z2 = 50, as docs/guide/swap.md names it:
   784-400-100 between x and z1, 100-100-50 between z1 and z2), which keeps N(0, I) (the
   VampPrior does not take a hierarchy) and DReG-5.
 
@@ -25,11 +25,11 @@ log p(x) by AIS (``--ais-steps``, ``--ais-chains``) and the two gaps of Cremer e
 on the same digits. Printed: each row's diagnosis as it ends, then one markdown table.
 
 Defaults sized for one thread of a shared 2-core CPU, about 2.5–3.5 CPU minutes of diagnosis
-a row on 500 digits: AIS with 100 steps × 4 chains (about 90 CPU s; README's "How close to
-log p(x)?" found 100 and 300 steps 0.01 nats apart on this model family; pvae's own 1000 ×
-16 would take about 30 times as long), q* by 1000 Adam steps × 2 draws (about 40 CPU s: on
-the default row, 100 digits, 200 steps left the amortization gap 1.0 nat short of 1000
-steps, and 1000 steps × 8 draws or at 3 times the step size moved it by 0.02 nats).
+a row on 500 digits: AIS with 100 steps × 4 chains (about 90 CPU s; "AIS and BDMC" in
+docs/guide/evaluation.md found 100 and 300 steps 0.01 nats apart on this model family; pvae's
+own 1000 × 16 would take about 30 times as long), q* by 1000 Adam steps × 2 draws (about 40
+CPU s: on the default row, 100 digits, 200 steps left the amortization gap 1.0 nat short of
+1000 steps, and 1000 steps × 8 draws or at 3 times the step size moved it by 0.02 nats).
 
     python benchmarks/diagnose_variants.py                     # 240 CPU-s a row, 1 thread
     python benchmarks/diagnose_variants.py --rows default elbo --budget-s 120

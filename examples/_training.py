@@ -13,8 +13,8 @@ import torch
 import pvae
 from pvae.data import DynamicBinarization, load_dataset
 
-# The small VAE these examples train, quicker than mnist_svi.py's default (the README's
-# times and figures are for it): 784-400-20, 100 epochs of Trace_ELBO.
+# The small VAE these examples train, quicker than mnist_svi.py's default (the times and
+# figures of docs/guide/trained_vae.md are for it): 784-400-20, 100 epochs of Trace_ELBO.
 SMALL_VAE_EPOCHS, SMALL_VAE_Z_DIM = 100, 20
 
 

@@ -130,19 +130,23 @@ def test_example_reports_bad_input_in_one_line(args, message, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def readme_block(language):
-    text = (ROOT / "README.md").read_text()
+def readme_block(language, path="README.md"):
+    """The code blocks of one language in README.md, or in a page of the docs."""
+    text = (ROOT / path).read_text()
     return [
         block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language)
     ]
 
 
 def test_readme_model_code_runs_as_written(tmp_path, monkeypatch):
+    """The "Your own model" code of docs/guide/own_model.md, which the README shows too."""
+    page = "docs/guide/own_model.md"
     monkeypatch.setenv("PVAE_DATA_DIR", str(tmp_path))
-    (code,) = [block for block in readme_block("python\n") if "num_epochs=10" in block]
+    (code,) = [block for block in readme_block("python\n", page) if "num_epochs=10" in block]
+    assert code in readme_block("python\n")  # the README's example is the same code
     namespace = {}
     with pytest.warns(UserWarning, match="mlxtend"):
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, page, "exec"), namespace)
     history = namespace["result"].history
     assert len(history) == 10 and history[-1].train_bound > history[0].train_bound
 

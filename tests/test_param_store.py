@@ -23,7 +23,8 @@ def binary_data(seed=0):
 
 
 def hand_written_pair():
-    """The README's "Your own model" shape: module names every such model uses."""
+    """The shape of "Your own model" (docs/guide/own_model.md, the README): module names
+    every such model uses."""
     encoder = pvae.nets.GaussianEncoder(x_dim=X_DIM, z_dim=Z_DIM, hidden_dims=[16])
     decoder = pvae.nets.MLPDecoder(z_dim=Z_DIM, x_dim=X_DIM, hidden_dims=[16])
 

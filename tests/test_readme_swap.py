@@ -1,6 +1,7 @@
-"""The README's "swap the prior or the likelihood" code runs as written.
+"""The "Swap the prior or the likelihood" page's code (docs/guide/swap.md, once the README's)
+runs as written.
 
-``SWAP_EXAMPLE`` is the README section's code block, character for character: a hand-written
+``SWAP_EXAMPLE`` is the page's code block, character for character: a hand-written
 model with a Student-t prior and a continuous Bernoulli likelihood, trained by ``pvae.fit``
 and evaluated by ``pvae.log_likelihood``, with no pvae prior or likelihood class involved.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "guide" / "swap.md"
 
 SWAP_EXAMPLE = """\
 import pyro, pyro.distributions as dist
@@ -54,7 +55,7 @@ def test_the_swap_example_trains_and_evaluates_as_written(tmp_path, monkeypatch,
     namespace = {}
     try:
         with pytest.warns(UserWarning, match="mlxtend"):
-            exec(compile(SWAP_EXAMPLE, "README.md", "exec"), namespace)
+            exec(compile(SWAP_EXAMPLE, str(PAGE), "exec"), namespace)
     finally:
         torch.set_num_threads(threads)
     history = namespace["result"].history
@@ -67,7 +68,7 @@ def test_the_swap_example_trains_and_evaluates_as_written(tmp_path, monkeypatch,
     assert len(model_lines.splitlines()) + 1 <= 15  # the model function, def line included
 
 
-def test_the_readme_shows_this_code():
-    text = README.read_text()
-    assert "## Swap the prior or the likelihood" in text
+def test_the_page_shows_this_code():
+    text = PAGE.read_text()
+    assert text.startswith("# Swap the prior or the likelihood\n")
     assert f"```python\n{SWAP_EXAMPLE}```" in text
