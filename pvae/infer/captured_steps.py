@@ -122,37 +122,41 @@ class CapturedSteps:
         count = self.replays[key]
         self.replays[key] = count + 1
         if count < 2 or epoch_start:
-            return self._checked(captured, index, rows, plate_size)
+            # The first two replays check the gradients too; later checks the loss, which a
+            # changed float or schedule changes, at a third of a step's cost.
+            return self._checked(captured, index, rows, plate_size, gradients=count < 2)
         return captured(*rows)
 
-    def _checked(self, captured: Callable, index, rows, plate_size):
+    def _checked(self, captured: Callable, index, rows, plate_size, gradients: bool):
         """The replay, compared with the eager step on the same random numbers."""
         device = rows[0].device
         rng = rng_state(device)
         # The eager step updates buffers in place (batch-norm statistics) as the replay will.
         state = [tensor.clone() for tensor in captured.captured.state]
-        with torch.enable_grad():
+        with torch.enable_grad():  # as in training: a model may read it (a KL weight does)
             eager_loss = self.loss(index, rows, plate_size)
-            eager_grads = torch.autograd.grad(eager_loss, self.params, allow_unused=True)
+        eager_grads = self._grads(eager_loss) if gradients else None
         set_rng_state(device, rng)
         with torch.no_grad():
             for tensor, before in zip(captured.captured.state, state, strict=True):
                 tensor.copy_(before)
         loss, grads = captured(*rows)
         difference = _difference(loss, grads, eager_loss.detach(), eager_grads)
-        if difference > _TOLERANCE[self.backend]:
-            self._stop(
-                f"the captured step's loss or gradients differ from the eager step's by "
-                f"{difference:.2g} (relative): Python state that the capture froze has "
-                "changed (a float or counter the model reads, a schedule not held as a tensor)"
-            )
-            # This step is the eager one: its draws and buffer updates are the replay's.
-            zeros = [
-                torch.zeros_like(p) if g is None else g
-                for p, g in zip(self.params, eager_grads, strict=True)
-            ]
-            return eager_loss.detach(), zeros
-        return loss, grads
+        if difference <= _TOLERANCE[self.backend]:
+            return loss, grads
+        self._stop(
+            f"the captured step's loss or gradients differ from the eager step's by "
+            f"{difference:.2g} (relative): Python state that the capture froze has "
+            "changed (a float or counter the model reads, a schedule not held as a tensor)"
+        )
+        # This step is the eager one: its draws and buffer updates are the replay's.
+        return eager_loss.detach(), eager_grads or self._grads(eager_loss)
+
+    def _grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        return [
+            torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)
+        ]
 
     def _stop(self, reason: str):
         self.stopped = reason
@@ -161,11 +165,13 @@ class CapturedSteps:
 
 
 def _difference(loss, grads, eager_loss, eager_grads) -> float:
-    """The largest relative difference of the loss and of each gradient (NaN: infinite)."""
+    """The largest relative difference of the loss and of each gradient (NaN: infinite);
+    ``eager_grads`` None compares the loss alone."""
     worst = _relative(loss, eager_loss)
+    if eager_grads is None:
+        return worst
     for grad, eager in zip(grads, eager_grads, strict=True):
-        if eager is not None:
-            worst = max(worst, _relative(grad, eager))
+        worst = max(worst, _relative(grad, eager))
     return worst
 
 
