@@ -186,8 +186,8 @@ def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 # "auto" times a few eager steps and compiles by inductor where the rest of the run, eager,
 # would take at least AUTO_SECONDS. On the 2-core CPU (benchmarks/RESULTS.md, "Captured
-# step") inductor costs 5-40 s the first time a graph is met (a few s from its cache) and
-# cuts a step by 40-90%: a run of two minutes or more gains, and one of seconds does not.
+# step") inductor costs 3-12 s the first time a graph is met (1-3 s from its cache) and
+# cuts a step by 5-55%: a run of two minutes or more gains, and one of seconds does not.
 AUTO_SECONDS = 120.0
 _TIMED_STEPS = 5  # after one untimed step (its first call warms caches up)
 

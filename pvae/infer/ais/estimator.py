@@ -387,10 +387,11 @@ def make_settings(
     )  # fmt: skip
 
 
-# "auto" captures the potential where a chain group makes at least this many potential
-# calls (leapfrog steps): capturing costs about as much as 200-500 eager calls of a small
-# VAE's potential (benchmarks/capture_speed.py --ais).
-AUTO_CAPTURE_CALLS = 2_000
+# "auto" compiles the leapfrog step by inductor where a group of chains makes at least this
+# many leapfrog steps: on the 2-core CPU, 784-400-50 VAE, 50 digits x 16 chains x 200 steps x
+# 10 leapfrog steps, AIS ran at 0.89x the hand-written reference eagerly, 0.94x replaying
+# the traced step and 1.14x compiled, compiling included (benchmarks/RESULTS.md, "AIS").
+AUTO_LEAPFROG_STEPS = 5_000
 
 
 def potential_backend(compile: bool | str, settings: Settings) -> str | None:
@@ -400,12 +401,12 @@ def potential_backend(compile: bool | str, settings: Settings) -> str | None:
 
         >>> settings = make_settings(1000, 16, "sigmoid", "guide", 10, 0.05, 0.65, 2, None)
         >>> potential_backend("auto", settings)
-        'capture'
+        'inductor'
     """
     mode = compile_mode(compile)
     if mode == "auto":
         calls = settings.num_steps * settings.leapfrog_steps
-        return "capture" if calls >= AUTO_CAPTURE_CALLS else None
+        return "inductor" if calls >= AUTO_LEAPFROG_STEPS else None
     return None if mode == "off" else mode
 
 
