@@ -407,3 +407,16 @@ def test_without_a_working_compiler_inductor_falls_back_to_the_traced_graph(monk
         replayed = train(compile="inductor")
     assert replayed[1].step.startswith("capture: 2 signatures")
     assert_same_training(eager, replayed)
+
+
+def test_early_stopping_and_held_out_bounds_are_the_same_on_the_captured_step(tmp_path):
+    options = dict(held_out=data(12, seed=5), patience=1, held_out_num_samples=3, num_epochs=6)
+    eager = train(compile="off", checkpoint_path=tmp_path / "eager" / "c.pt", **options)
+    captured = train(compile="capture", checkpoint_path=tmp_path / "captured" / "c.pt", **options)
+    assert_same_training(eager, captured)
+    assert (eager[1].best_epoch, eager[1].stopped_early) == (
+        captured[1].best_epoch,
+        captured[1].stopped_early,
+    )
+    held_out = [(s.held_out_elbo, s.held_out_iwae) for s in eager[1].history]
+    assert held_out == [(s.held_out_elbo, s.held_out_iwae) for s in captured[1].history]
