@@ -213,9 +213,9 @@ def tiny_flags(script, tmp_path):
     return [*TINY[script], "--data-dir", str(tmp_path / "fashion-mnist")]
 
 
-# The README's test command stays under 5 minutes on 2 idle cores: these two train several
+# The README's test command stays under 5 minutes on 2 idle cores: these train several
 # models even in tiny mode, and run with the slow tests (`.ci/run` runs those too).
-SLOW_IN_TINY_MODE = {"diagnose_variants.py", "ss_vae_peer.py"}
+SLOW_IN_TINY_MODE = {"capture_speed.py", "diagnose_variants.py", "ss_vae_peer.py"}
 
 
 @pytest.mark.parametrize(
