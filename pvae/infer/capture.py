@@ -1,9 +1,10 @@
-"""Capture a differentiable loss once, at the level of tensor operations, and replay it
+"""Capture a function of tensors once (a training loss and its gradient, AIS's leapfrog step,
+the model's part of the IWAE weights), at the level of tensor operations, and replay it
 without Pyro's runtime.
 
 Pyro runs Python at every sample site of every step (message handlers, plates, the
 distributions' constructors): where the arithmetic is cheap, that Python is most of a step.
-:func:`capture` runs a loss function once under ``make_fx`` with fake tensors
+:func:`capture` runs the function once under ``make_fx`` with fake tensors
 (``torch.fx.experimental.proxy_tensor``; no arithmetic is done) and records what reaches
 PyTorch's dispatcher, the backward pass of ``torch.autograd.grad`` included: a graph of
 tensor operations whose inputs are the state tensors (the parameters, module buffers, a KL
@@ -21,8 +22,7 @@ float that changes between calls is frozen into the graph. :mod:`pvae.infer.capt
 checks the replay against the eager loss to catch it.
 
 The approach is Pyro's ``JitTrace_ELBO`` (a trace of the loss, 2018) on PyTorch's present
-tracer; see also Paszke et al. and Ansel et al. ("PyTorch 2", ASPLOS 2024) for make_fx and
-inductor.
+tracer; make_fx and inductor are described by Ansel et al. ("PyTorch 2", ASPLOS 2024).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ __all__ = [
     "COMPILE_MODES",
     "CaptureFailed",
     "Captured",
+    "ReplayBySignature",
     "capture",
     "capture_loss",
     "compile_mode",
