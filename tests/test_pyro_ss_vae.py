@@ -92,13 +92,15 @@ def test_iwae_bounds_the_elbo_of_the_published_guide(trained):
         ) / len(x)
     assert math.isfinite(m2_elbo)
     assert many.mean >= many.elbo >= m2_elbo - 3 * many.standard_error
-    # The unexpanded guide is the same bound with the same draws.
+    # The unexpanded guide is the same bound with the same draws, summed in another order:
+    # its tensors' shapes pick other kernels (9e-10 relative on one x86_64 CPU, under 1e-12
+    # on another), where other draws (seed=1) move each datapoint by 4e-6 or more.
     trained.expand_enumeration = False
     try:
         same = pvae.log_likelihood(trained.model, trained.guide, x, num_samples=50, seed=0)
     finally:
         trained.expand_enumeration = True
-    torch.testing.assert_close(same.per_datapoint, many.per_datapoint, rtol=1e-12, atol=0)
+    torch.testing.assert_close(same.per_datapoint, many.per_datapoint, rtol=1e-7, atol=0)
 
 
 def test_iwae_of_the_published_guide_on_more_than_one_block(trained):
