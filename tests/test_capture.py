@@ -5,6 +5,8 @@ The graph as traced (``"capture"``) runs the eager step's kernels on the eager s
 numbers, so its runs are bit for bit the eager runs; inductor's fused loops round otherwise.
 """
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -14,8 +16,10 @@ from test_streams import digits, train_m2
 from torch import nn
 
 import pvae
+from pvae.infer import captured_steps
 from pvae.infer.capture import CaptureFailed, capture, capture_loss
 from pvae.infer.captured_steps import AUTO_SECONDS, AutoDecision, choose_backend
+from pvae.infer.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -317,6 +321,27 @@ def test_inductor_trains_as_the_eager_step_does_to_rounding():
     )
     shift.fill_(2.0)  # not folded into the compiled code
     assert step(torch.ones(3))[0] == 9.0
+
+
+def test_a_run_resumed_under_auto_takes_the_path_the_run_took(tmp_path, monkeypatch):
+    # After the inductor test above: its compiled graphs are this test's (inductor's cache).
+    monkeypatch.setattr(captured_steps, "AUTO_SECONDS", 0.0)  # compiles after 6 eager steps
+    full = train(num_epochs=3)  # 3 steps an epoch: eager for two epochs, then compiled
+    train(num_epochs=2, checkpoint_path=tmp_path / "two.pt")
+    assert load_checkpoint(tmp_path / "two.pt")["auto_compile"] == {"compiled": True}
+    resumed = train(num_epochs=3, resume=tmp_path / "two.pt")
+    assert resumed[1].step.startswith("inductor")  # not six eager steps timed again
+    assert_same_training(full, resumed)
+
+    monkeypatch.setattr(captured_steps, "AUTO_SECONDS", math.inf)
+    train(num_epochs=2, checkpoint_path=tmp_path / "eager.pt")
+    assert train(num_epochs=3, resume=tmp_path / "eager.pt")[1].step == (
+        "eager (auto: the run it resumes found it too short to repay compiling)"
+    )
+    damaged = {**load_checkpoint(tmp_path / "eager.pt"), "auto_compile": {"compiled": "yes"}}
+    save_checkpoint(tmp_path / "damaged.pt", damaged)
+    with pytest.raises(ValueError, match="auto_compile: its entry 'compiled' must be"):
+        train(num_epochs=3, resume=tmp_path / "damaged.pt")
 
 
 # The README's test command stays under 5 minutes: the other models run with the slow tests.

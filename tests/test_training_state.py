@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pvae
+from pvae.infer.captured_steps import AutoChoice
 from pvae.infer.distributed import Cluster
 from pvae.infer.schedules import EarlyStopping
 from pvae.infer.training_state import Parameters, Position, RandomState, TrainingState
@@ -74,6 +75,7 @@ def small_state(seed):
         position,
         RandomState(Cluster(), position),
         num_data=10,
+        auto_compile=AutoChoice(),
     )
 
 
@@ -87,6 +89,7 @@ def test_a_training_state_round_trips_through_its_sections():
     state.position.took(4)
     state.position.count(loss.detach())
     state.early_stopping.update(1, -4.0)
+    state.auto_compile.record(True)
     saved = state.state_dict()
     assert set(saved) == {
         "params",
@@ -96,12 +99,14 @@ def test_a_training_state_round_trips_through_its_sections():
         "training",
         "rng",
         "epoch",
+        "auto_compile",
     }
     restored = small_state(1)
     restored.load_state_dict(saved, "c.pt")
     again = restored.state_dict()
     for key in ("params", "optimizer", "lr_scheduler", "early_stopping", "training", "epoch"):
         assert equal(again[key], saved[key]), key
+    assert again["auto_compile"] == {"compiled": True}
 
 
 def test_a_damaged_section_is_one_error_naming_the_file_and_the_section():

@@ -26,7 +26,7 @@ import torch
 
 from pvae.infer.capture import CaptureFailed, capture_loss, rng_state, set_rng_state
 
-__all__ = ["CapturedSteps"]
+__all__ = ["AutoChoice", "AutoDecision", "CapturedSteps", "choose_backend"]
 
 # Agreement of a replay with the eager step: the graph as traced runs the same kernels
 # (equal to rounding); inductor fuses and reorders sums (float32 rounding, ~1e-6 relative).
@@ -216,6 +216,33 @@ class AutoDecision:
             return None
         per_step = sorted(self.times[1:])[_TIMED_STEPS // 2]  # the median: robust to a hiccup
         return self.agree(self.remaining * per_step >= AUTO_SECONDS)
+
+
+class AutoChoice:
+    """What ``compile="auto"`` decided (``compiled``: True, False, or None before the eager
+    steps were timed), kept in fit's checkpoint (its ``auto_compile`` section): a resumed
+    run takes the path the run took, and stays bit for bit the run it continues, instead of
+    timing eager steps again (which the run it continues compiled).
+
+    Example::
+
+        >>> choice = AutoChoice()
+        >>> choice.record(True), choice.state_dict()
+        (True, {'compiled': True})
+    """
+
+    def __init__(self):
+        self.compiled: bool | None = None
+
+    def record(self, compiled: bool) -> bool:
+        self.compiled = compiled
+        return compiled
+
+    def state_dict(self) -> dict[str, bool | None]:
+        return {"compiled": self.compiled}
+
+    def load_state_dict(self, saved) -> None:
+        self.compiled = saved.get("compiled")  # checked by the checkpoint's reader
 
 
 def choose_backend(mode: str, objectives: Sequence) -> str | None:

@@ -65,6 +65,7 @@ _OPTIONAL_TRAINING_ENTRIES = {
     "early_stopping": dict[str, Any],
     "epoch": int,
     "streams": dict[str, dict[str, Any]],
+    "auto_compile": dict[str, Any] | None,
 }
 _PROGRESS_ENTRIES = {
     "seed": int,
@@ -98,6 +99,9 @@ def check_training_state(state: Mapping[str, Any], source: str) -> None:
     )
     training = state["training"]
     check_entries(training, f"{source}'s training", {"history": list[dict]}, _PROGRESS_ENTRIES)
+    if state.get("auto_compile") is not None:
+        where = f"{source}'s auto_compile"
+        check_entries(state["auto_compile"], where, {}, {"compiled": bool | None}, _RESUME)
 
 
 def check_training_state_fits(

@@ -20,7 +20,7 @@ import torch
 from pyro import poutine
 
 from pvae.infer import checks, param_store
-from pvae.infer.captured_steps import AutoDecision, CapturedSteps, choose_backend
+from pvae.infer.captured_steps import AutoChoice, AutoDecision, CapturedSteps, choose_backend
 from pvae.infer.checks import check_owner, observed_sites
 from pvae.infer.distributed import Cluster, connect
 from pvae.infer.fast_elbo import ReparameterizedELBO
@@ -131,22 +131,29 @@ def build_run(
 
 def _captured_steps(settings, objectives, state, source, num_epochs, cluster, device):
     """The captured step that ``compile`` asks for; ``"auto"`` decides on the steps planned
-    and the eager steps' time (:class:`pvae.infer.captured_steps.AutoDecision`)."""
+    and the eager steps' time (:class:`pvae.infer.captured_steps.AutoDecision`), or takes
+    the decision of the run it resumes."""
     backend = choose_backend(settings.compile, objectives)
     if backend is None:
         return None
-    auto = None
-    if settings.compile == "auto":
-        steps_per_epoch = source.steps_per_epoch()
-        if steps_per_epoch is None:  # a DataLoader of unknown length: no plan to weigh
-            return None
-        planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
-        auto = AutoDecision(planned, lambda flag: bool(cluster.broadcast_int(int(flag), device)))
 
     def loss(index: int, rows, plate_size: float) -> torch.Tensor:
         return objectives[index].loss(rows, plate_size)
 
-    return CapturedSteps(loss, list(state.params.tensors.values()), backend, auto)
+    steps = CapturedSteps(loss, list(state.params.tensors.values()), backend)
+    if settings.compile == "auto":
+        choice = state.auto_compile
+        if choice.compiled is False:
+            steps.stopped = "auto: the run it resumes found it too short to repay compiling"
+        elif choice.compiled is None:
+            steps_per_epoch = source.steps_per_epoch()
+            if steps_per_epoch is None:  # a DataLoader of unknown length: no plan to weigh
+                return None
+            planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
+            steps.auto = AutoDecision(
+                planned, lambda flag: choice.record(bool(cluster.broadcast_int(int(flag), device)))
+            )
+    return steps
 
 
 def _check_batch_size(batch_size: int, cluster: Cluster) -> None:
@@ -267,6 +274,7 @@ def _training_state(
         RandomState(cluster, position),
         source.lead_size,
         source,
+        AutoChoice() if settings.compile == "auto" else None,
     )
 
 

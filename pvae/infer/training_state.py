@@ -216,7 +216,8 @@ class TrainingState:
     ``lr_scheduler`` may be None (no schedule: its section is None). ``num_data`` is what
     a saved mid-epoch order must be a permutation of (the lead stream's size). ``streams``,
     when given, keeps the place of fit's data streams that do not lead (the checkpoint's
-    ``streams``, absent for plain data).
+    ``streams``, absent for plain data). ``auto_compile``, when given, keeps what
+    ``compile="auto"`` decided (:class:`pvae.infer.captured_steps.AutoChoice`).
     """
 
     def __init__(
@@ -229,10 +230,11 @@ class TrainingState:
         rng: RandomState,
         num_data: int,
         streams=None,
+        auto_compile=None,
     ):
         self.params, self.optimizer, self.lr_scheduler = params, optimizer, lr_scheduler
         self.early_stopping, self.position, self.rng = early_stopping, position, rng
-        self.num_data, self.streams = num_data, streams
+        self.num_data, self.streams, self.auto_compile = num_data, streams, auto_compile
 
     def _parts(self) -> dict[str, Any]:
         """The checkpoint's sections and their owners, in the order they are restored (the
@@ -244,6 +246,7 @@ class TrainingState:
             "rng": self.rng,
             "lr_scheduler": self.lr_scheduler,
             "early_stopping": self.early_stopping,
+            "auto_compile": self.auto_compile,
         }
 
     def state_dict(self) -> dict[str, Any]:
