@@ -141,7 +141,9 @@ def test_resume_into_another_architecture_is_refused(tmp_path):
         pvae.fit(vae.model, vae.guide, toy_data()[0].round(), num_epochs=2, resume=path)
 
 
-def test_ctrl_c_during_the_example_leaves_a_loadable_checkpoint(tmp_path):
+# The example's default compiles its step (inductor loads in 10-20 s): with the slow tests.
+@pytest.mark.parametrize("compile", ["off", pytest.param("auto", marks=pytest.mark.slow)])
+def test_ctrl_c_during_the_example_leaves_a_loadable_checkpoint(tmp_path, compile):
     out = tmp_path / "out"
     process = subprocess.Popen(
         [
@@ -157,6 +159,8 @@ def test_ctrl_c_during_the_example_leaves_a_loadable_checkpoint(tmp_path):
             str(out),
             "--data-dir",
             str(tmp_path / "data"),
+            "--compile",
+            compile,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
