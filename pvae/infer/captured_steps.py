@@ -221,8 +221,8 @@ class AutoDecision:
 class AutoChoice:
     """What ``compile="auto"`` decided (``compiled``: True, False, or None before the eager
     steps were timed), kept in fit's checkpoint (its ``auto_compile`` section): a resumed
-    run takes the path the run took, and stays bit for bit the run it continues, instead of
-    timing eager steps again (which the run it continues compiled).
+    run takes the path the run took, without timing eager steps again, and stays bit for
+    bit the run it continues.
 
     Example::
 

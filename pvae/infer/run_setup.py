@@ -140,19 +140,18 @@ def _captured_steps(settings, objectives, state, source, num_epochs, cluster, de
     def loss(index: int, rows, plate_size: float) -> torch.Tensor:
         return objectives[index].loss(rows, plate_size)
 
-    steps = CapturedSteps(loss, list(state.params.tensors.values()), backend)
-    if settings.compile == "auto":
-        choice = state.auto_compile
-        if choice.compiled is False:
-            steps.stopped = "auto: the run it resumes found it too short to repay compiling"
-        elif choice.compiled is None:
-            steps_per_epoch = source.steps_per_epoch()
-            if steps_per_epoch is None:  # a DataLoader of unknown length: no plan to weigh
-                return None
-            planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
-            steps.auto = AutoDecision(
-                planned, lambda flag: choice.record(bool(cluster.broadcast_int(int(flag), device)))
-            )
+    auto, choice = None, state.auto_compile
+    if settings.compile == "auto" and choice.compiled is None:
+        steps_per_epoch = source.steps_per_epoch()
+        if steps_per_epoch is None:  # a DataLoader of unknown length: no plan to weigh
+            return None
+        planned = max(num_epochs - state.position.epoch, 0) * steps_per_epoch
+        auto = AutoDecision(
+            planned, lambda flag: choice.record(bool(cluster.broadcast_int(int(flag), device)))
+        )
+    steps = CapturedSteps(loss, list(state.params.tensors.values()), backend, auto)
+    if settings.compile == "auto" and choice.compiled is False:
+        steps.stopped = "auto: the run it resumes found it too short to repay compiling"
     return steps
 
 
