@@ -169,6 +169,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_train_speed_runs_the_importance_weighted_variant_in_tiny_mode():
     flags = [*TINY["train_speed.py"], "-k", "3", "--host-data"]
     done = subprocess.run(
@@ -213,18 +214,11 @@ def tiny_flags(script, tmp_path):
     return [*TINY[script], "--data-dir", str(tmp_path / "fashion-mnist")]
 
 
-# The README's test command stays under 5 minutes on 2 idle cores: these train several
-# models even in tiny mode, and run with the slow tests (`.ci/run` runs those too).
-SLOW_IN_TINY_MODE = {"capture_speed.py", "diagnose_variants.py", "ss_vae_peer.py"}
-
-
-@pytest.mark.parametrize(
-    "script",
-    [
-        pytest.param(script, marks=pytest.mark.slow) if script in SLOW_IN_TINY_MODE else script
-        for script in sorted(TINY)
-    ],
-)
+# The benchmarks are the maintainers' tools, and each tiny run is a Python process that
+# loads torch and trains (3-9 s; 50 s of the README's 5-minute command in all): they run
+# with the slow tests, which `.ci/run` runs too.
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(TINY))
 def test_benchmark_runs_in_tiny_mode(script, tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *tiny_flags(script, tmp_path)],
