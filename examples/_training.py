@@ -96,7 +96,8 @@ def train_small_vae(args, train_x, held_out, out: Path) -> pvae.VAE:
         checkpoint_extra=lambda: pvae.vae_state(vae, config=config),
         on_epoch_end=report,
     )
-    print(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    print(f"trained {result.num_steps} steps in {seconds:.0f} s; step: {result.step}")
     return vae
 
 

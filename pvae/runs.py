@@ -279,7 +279,8 @@ def _train(config, vae, train, held_out, out, resume, say) -> FitResult:
     )
     if logger is not None:
         logger.close()
-    say(f"trained {result.num_steps} steps in {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    say(f"trained {result.num_steps} steps in {seconds:.0f} s; step: {result.step}")
     return result
 
 
