@@ -202,6 +202,8 @@ def train_pyro_ss_vae(
             ssvae.supervised_steps += is_supervised
             ssvae.train_seconds = clock() - started
             if seconds is not None and ssvae.train_seconds >= seconds:
+                # Whole epochs: the one this step ended counts too.
+                ssvae.epochs_done = ssvae.steps_done // len(schedule)
                 return ssvae
         ssvae.epochs_done += 1
     return ssvae

@@ -3,6 +3,7 @@ and pvae's held-out bounds on it (an expanded enumerated y across data blocks, a
 data plate: two pvae bugs this model found)."""
 
 import importlib.util
+import itertools
 import math
 import sys
 import time
@@ -74,6 +75,15 @@ def test_seconds_stop_training_after_the_step_that_crosses_them():
     assert ssvae.epochs_done == ssvae.steps_done // 9 and ssvae.steps_done > 0
     with pytest.raises(ValueError, match="exactly one"):
         example.train_pyro_ss_vae(x[:40], y[:40], x[40:], seconds=1, num_epochs=1)
+
+
+def test_a_budget_crossed_at_an_epochs_last_step_counts_that_epoch():
+    x, y = digits(400)
+    ticks = itertools.count()  # a clock that reads one second more at each call
+    ssvae = example.train_pyro_ss_vae(
+        x[:40], y[:40], x[40:], seconds=9, clock=lambda: next(ticks), **TINY
+    )
+    assert (ssvae.steps_done, ssvae.epochs_done) == (9, 1)  # an epoch is 9 steps here
 
 
 def test_iwae_bounds_the_elbo_of_the_published_guide(trained):
