@@ -27,6 +27,7 @@ from torch.nn import functional
 
 import pvae
 from pvae.infer.ais import annealing_schedule
+from pvae.infer.capture import BACKENDS
 
 # The adaptation rule of pvae.infer.ais.hmc, written again: log ε += 0.5 (acceptance - target).
 _RATE = 0.5
@@ -203,8 +204,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptation-chains", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument(
-        "--compile", nargs="+", default=["off", "capture", "inductor"],
-        choices=["off", "capture", "inductor"], help="pvae.ais's compile modes to time",
+        "--compile", nargs="+", default=["off", *BACKENDS], choices=["off", *BACKENDS],
+        help="pvae.ais's compile modes to time",
     )  # fmt: skip
     p.add_argument("--data-chunk", type=int, default=50)
     p.add_argument("--chain-chunk", type=int, default=16)
